@@ -1,0 +1,43 @@
+# lossd: `make serve` and `make test` work on a fresh machine (they create .venv and install first).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+
+.PHONY: serve test lint typecheck pytest openapi install install-dev clean
+
+$(VENV)/.runtime: requirements.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PIP) -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.runtime
+install-dev: $(VENV)/.dev
+
+## serve: start the service on 127.0.0.1:8000 (LOSSD_* variables override the defaults)
+serve: install
+	$(PY) -m service
+
+## test: lint, format check, type check and the whole test suite
+test: install-dev lint typecheck pytest
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install-dev
+	$(VENV)/bin/mypy service
+
+pytest: install-dev
+	$(PY) -m pytest -n 2
+
+## openapi: regenerate openapi/openapi.json from the app
+openapi: install
+	$(PY) -m service.openapi > openapi/openapi.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

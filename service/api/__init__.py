@@ -1,0 +1,1 @@
+"""HTTP adapters: routers, dependencies and the error-to-problem table. No torch here."""

@@ -1,0 +1,117 @@
+"""One table from domain errors to HTTP, and the handlers that answer RFC 9457 problem documents.
+
+Every error response of lossd is `application/problem+json` with `type`, `title`, `status`, `detail`
+and `errors` (a list of `{"loc", "msg"}`). `type` is a relative URI, `/problems/<slug>`, which the
+service itself documents. Unexpected exceptions become a 500 problem without internals; the trace
+goes to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from service import codec
+from service.errors import (
+    ALL_ERRORS,
+    DtypeMismatch,
+    ErrorDetail,
+    InvalidRequest,
+    InvalidTensor,
+    LossdError,
+    MalformedBody,
+    ResourceExhausted,
+    ShapeMismatch,
+    TorchRejected,
+    UnknownLoss,
+    UnsupportedMediaType,
+    ValueOutOfRange,
+)
+
+log = logging.getLogger("lossd")
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS: dict[type[LossdError], tuple[int, str]] = {
+    MalformedBody: (400, "body"),
+    UnsupportedMediaType: (415, "header"),
+    UnknownLoss: (404, "path"),
+    InvalidRequest: (422, "body"),
+    InvalidTensor: (422, "body"),
+    DtypeMismatch: (422, "body"),
+    ShapeMismatch: (422, "body"),
+    ValueOutOfRange: (422, "body"),
+    TorchRejected: (422, "body"),
+    ResourceExhausted: (503, "body"),
+}
+"""Status code of each domain error, and where its `loc` points (the first element of every loc)."""
+
+assert set(STATUS) == set(ALL_ERRORS), "every domain error needs a status"
+
+
+def problem(status: int, slug: str, title: str, detail: str, errors: list[dict[str, Any]]) -> Response:
+    """An RFC 9457 response."""
+    body = {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail, "errors": errors}
+    return Response(codec.dumps(body), status_code=status, media_type=PROBLEM_JSON)
+
+
+def error_response(exc: LossdError) -> Response:
+    """The problem response for a domain error."""
+    status, where = STATUS[type(exc)]
+    return problem(status, exc.slug, exc.title, exc.detail, [_detail(where, d) for d in exc.errors])
+
+
+def _detail(where: str, d: ErrorDetail) -> dict[str, Any]:
+    return {"loc": [where, *d.loc], "msg": d.msg}
+
+
+async def _lossd_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LossdError)
+    return error_response(exc)
+
+
+async def _request_validation(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": list(e["loc"]), "msg": str(e["msg"])} for e in exc.errors()]
+    return problem(422, InvalidRequest.slug, InvalidRequest.title, "the request is not valid", errors)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+    response = problem(exc.status_code, slug, title, str(exc.detail), [])
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(500, "internal-error", "Internal server error", "the server failed to handle this request", [])
+
+
+def install(app: FastAPI) -> None:
+    """Register every problem handler on `app`."""
+    app.add_exception_handler(LossdError, _lossd_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def describe(slug: str) -> dict[str, Any] | None:
+    """What a problem type means, for `GET /problems/{slug}`."""
+    for cls, (status, where) in STATUS.items():
+        if cls.slug == slug:
+            return {
+                "type": f"/problems/{slug}",
+                "title": cls.title,
+                "status": status,
+                "description": cls.__doc__,
+                "loc_root": where,
+            }
+    return None

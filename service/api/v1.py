@@ -1,0 +1,95 @@
+"""The v1 REST API: the loss catalog and one POST route per loss. Routes only do HTTP things.
+
+Each route reads the body bytes, hands them to the data plane in a worker thread and returns the
+bytes it gets back; errors are domain exceptions turned into problems by `service.api.problems`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.api.deps import StateDep, require_json
+from service.losses.registry import LossSpec, Registry
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _problem("The body is not valid JSON."),
+    404: _problem("No such loss; `detail` lists close matches."),
+    415: _problem("The body is not declared as JSON."),
+    422: _problem("A field, tensor or value breaks the loss's rules; `errors[].loc` says where."),
+    503: _problem("Not enough memory for this request."),
+}
+LOSS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/LossResponse"}}}},
+    **{status: response for status, response in PROBLEM_RESPONSES.items() if status != 404},
+}
+
+
+def build_router(registry: Registry, models: dict[str, type]) -> APIRouter:
+    """Catalog routes, and a documented POST route per registered loss."""
+    router = APIRouter(prefix="/v1", tags=["v1"])
+
+    @router.get("/losses", operation_id="losses-list")
+    async def list_losses(state: StateDep) -> dict[str, list[dict[str, Any]]]:
+        """Every loss: tensor arguments, parameter schema, reductions."""
+        return {"losses": list(state.catalog.values())}
+
+    @router.get(
+        "/losses/{name}",
+        operation_id="losses-get",
+        responses={404: PROBLEM_RESPONSES[404]},
+    )
+    async def get_loss(name: str, state: StateDep) -> dict[str, Any]:
+        """One loss's catalog entry (aliases resolve to it)."""
+        return state.catalog[state.plane.registry.get(name).name]
+
+    for spec in registry:
+        router.add_api_route(
+            f"/losses/{spec.name}",
+            _endpoint(spec),
+            methods=["POST"],
+            operation_id=f"losses-{spec.name}",
+            summary=spec.summary,
+            description=f"{spec.description}\n\nSame as `{spec.torch_ref}`.".strip(),
+            response_class=Response,
+            responses=LOSS_RESPONSES,
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{models[spec.name].__name__}"}}
+                    },
+                }
+            },
+        )
+
+    @router.post("/losses/{name}", include_in_schema=False)
+    async def post_by_name(name: str, request: Request, state: StateDep) -> Response:
+        """Any other name: an alias of a registered loss, or a 404 naming close matches."""
+        return await _evaluate(state.plane.registry.get(name), request, state)
+
+    return router
+
+
+def _endpoint(spec: LossSpec) -> Any:
+    async def evaluate(request: Request, state: StateDep) -> Response:
+        return await _evaluate(spec, request, state)
+
+    evaluate.__name__ = f"loss_{spec.name}"
+    return evaluate
+
+
+async def _evaluate(spec: LossSpec, request: Request, state: StateDep) -> Response:
+    require_json(request)
+    body = await request.body()
+    return Response(await state.offload(state.plane.loss, spec, body), media_type="application/json")

@@ -1,0 +1,65 @@
+"""Build the FastAPI application: settings in, app out. No globals beyond the default settings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from anyio import CapacityLimiter
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from service import __version__, schemas
+from service.api import health, problems, v1
+from service.api.deps import AppState
+from service.compute import resolve_device
+from service.config import Settings
+from service.dataplane import DataPlane
+from service.losses import REGISTRY
+
+DESCRIPTION = (
+    "PyTorch loss functions over HTTP: send tensors as JSON, get torch's exact loss values and gradients back. "
+    "Errors are RFC 9457 problem documents."
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The lossd application for `settings` (read from `LOSSD_*` environment variables by default)."""
+    settings = settings or Settings()
+    logging.getLogger("lossd").setLevel(settings.log_level.upper() if settings.log_level != "trace" else "DEBUG")
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    plane = DataPlane(REGISTRY, resolve_device(settings.device))
+    app = FastAPI(title="lossd", version=__version__, description=DESCRIPTION)
+    app.state.lossd = AppState(
+        settings=settings,
+        plane=plane,
+        limiter=CapacityLimiter(settings.max_concurrency),
+        catalog={spec.name: schemas.catalog_entry(spec) for spec in REGISTRY},
+    )
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(v1.build_router(REGISTRY, plane.models))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app, plane)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def build_openapi(app: FastAPI, plane: DataPlane) -> dict[str, Any]:
+    """FastAPI's document plus the per-loss request models, which routes reference but do not validate."""
+    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    components.update(schemas.EXTRA_SCHEMAS)
+    models: list[type[BaseModel]] = [*plane.models.values(), schemas.LossResponse, schemas.Problem]
+    for model in models:
+        schema = schemas.openapi_schema(model)
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    return document

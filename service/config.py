@@ -1,0 +1,45 @@
+"""Service settings: one pydantic-settings object, read from `LOSSD_*` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune. Each field is `LOSSD_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="LOSSD_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    """Interface to bind. Use 0.0.0.0 inside a container."""
+
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to listen on."""
+
+    device: str = "auto"
+    """Where losses run: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
+
+    workers: int = Field(1, ge=1)
+    """Number of uvicorn worker processes. Each holds its own copy of torch (and CUDA context)."""
+
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    """Log level for the service and uvicorn."""
+
+    max_concurrency: int = Field(4, ge=1)
+    """Requests decoded and computed at the same time per worker (the rest wait their turn)."""
+
+    torch_threads: int = Field(0, ge=0)
+    """Intra-op threads for torch on CPU; 0 keeps torch's default (one per core)."""
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda"):
+            return value
+        if value.startswith("cuda:") and value[5:].isdigit():
+            return value
+        raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")

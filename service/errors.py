@@ -1,0 +1,126 @@
+"""Domain errors: what went wrong, where (`loc`), and what was expected. No HTTP here.
+
+Every error a client can cause is a `LossdError` subclass with a stable `slug` (its problem type) and
+a `title`. The API layer maps each class to an HTTP status in one table (`service.api.problems`).
+A `loc` is a path into the request, starting at the argument name: `("target", 3)` is the fourth
+element of `target`, `("beta",)` the parameter `beta`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ErrorDetail:
+    """One thing wrong with a request: where it is and what was wrong with it."""
+
+    loc: Loc
+    msg: str
+
+
+class LossdError(Exception):
+    """Base of every error a client can cause. `detail` is one sentence for humans."""
+
+    slug: ClassVar[str] = "error"
+    title: ClassVar[str] = "Error"
+
+    def __init__(self, detail: str, loc: Loc = (), errors: Sequence[ErrorDetail] | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.errors: list[ErrorDetail] = list(errors) if errors is not None else [ErrorDetail(loc, detail)]
+
+
+class MalformedBody(LossdError):
+    """The body could not be parsed as JSON (or is not a JSON object)."""
+
+    slug = "malformed-body"
+    title = "Malformed request body"
+
+
+class UnsupportedMediaType(LossdError):
+    """The request declared a content type this endpoint does not read."""
+
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class UnknownLoss(LossdError):
+    """No loss of that name is registered; `suggestions` holds close matches."""
+
+    slug = "unknown-loss"
+    title = "Unknown loss"
+
+    def __init__(self, name: str, suggestions: Sequence[str]):
+        hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        super().__init__(f"no loss named {name!r}{hint}", loc=("name",))
+        self.name = name
+        self.suggestions = list(suggestions)
+
+
+class InvalidRequest(LossdError):
+    """The request's fields do not match the loss's schema: unknown, missing or out-of-range fields."""
+
+    slug = "invalid-request"
+    title = "Invalid request"
+
+
+class InvalidTensor(LossdError):
+    """A tensor payload cannot be read: ragged, not numbers, bad base64, data/shape disagree..."""
+
+    slug = "invalid-tensor"
+    title = "Invalid tensor"
+
+
+class DtypeMismatch(LossdError):
+    """A tensor has a dtype the argument does not take (floats where class indices belong, ...)."""
+
+    slug = "wrong-dtype"
+    title = "Wrong tensor dtype"
+
+
+class ShapeMismatch(LossdError):
+    """A tensor's shape breaks the loss's shape rule."""
+
+    slug = "shape-mismatch"
+    title = "Tensor shape mismatch"
+
+
+class ValueOutOfRange(LossdError):
+    """A tensor holds a value outside the range the loss accepts (a class index >= C, ...)."""
+
+    slug = "value-out-of-range"
+    title = "Tensor value out of range"
+
+
+class TorchRejected(LossdError):
+    """Torch itself refused the inputs after lossd's own checks passed; `detail` is torch's message."""
+
+    slug = "rejected-by-torch"
+    title = "Rejected by torch"
+
+
+class ResourceExhausted(LossdError):
+    """The server ran out of memory for this request; a smaller request or a later retry may succeed."""
+
+    slug = "resource-exhausted"
+    title = "Insufficient resources"
+
+
+ALL_ERRORS: tuple[type[LossdError], ...] = (
+    MalformedBody,
+    UnsupportedMediaType,
+    UnknownLoss,
+    InvalidRequest,
+    InvalidTensor,
+    DtypeMismatch,
+    ShapeMismatch,
+    ValueOutOfRange,
+    TorchRejected,
+    ResourceExhausted,
+)
+"""Every concrete error class, for the problem table and the problem-type documentation route."""

@@ -1,0 +1,114 @@
+"""Pre-validation helpers shared by the loss families. They run on CPU tensors before torch does.
+
+Each raises a domain error whose `loc` names the argument (and, for elementwise checks, the first
+offending index) and whose message states what was expected and what was received. Catching these
+here matters most on CUDA: an out-of-range class index reaching a CUDA kernel is a device-side assert
+that poisons the process's CUDA context.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from service.errors import DtypeMismatch, ShapeMismatch, ValueOutOfRange
+
+
+def shape_of(t: Tensor) -> list[int]:
+    """A tensor's shape as a plain list, the way messages and responses print it."""
+    return list(t.shape)
+
+
+def first_index(mask: Tensor) -> tuple[int, ...]:
+    """Index of the first True element of a boolean tensor (row-major)."""
+    flat = int(torch.nonzero(mask.reshape(-1))[0, 0])
+    return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), mask.shape)) if mask.ndim else ()
+
+
+def broadcast_target(input: Tensor, target: Tensor, target_name: str = "target") -> list[str]:
+    """Accept `target` if it broadcasts against `input`, as torch does; warn when shapes differ.
+
+    Torch's elementwise losses broadcast a differently shaped target with a UserWarning. lossd follows
+    torch (the numbers are torch's) and passes the warning on to the client in the response.
+    """
+    if input.shape == target.shape:
+        return []
+    try:
+        torch.broadcast_shapes(input.shape, target.shape)  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        raise ShapeMismatch(
+            f"{target_name} of shape {shape_of(target)} cannot be broadcast to input of shape "
+            f"{shape_of(input)}; expected the same shape as input",
+            loc=(target_name,),
+        ) from None
+    return [
+        f"Using a target size ({target.shape}) that is different to the input size ({input.shape}). "
+        "This will likely lead to incorrect results due to broadcasting. "
+        "Please ensure they have the same size."
+    ]
+
+
+def same_shape(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    """Require `t` to have exactly `ref`'s shape."""
+    if t.shape != ref.shape:
+        raise ShapeMismatch(f"{name} must have the shape of {ref_name} {shape_of(ref)}, got {shape_of(t)}", loc=(name,))
+
+
+def class_weight(weight: Tensor | None, num_classes: int, name: str = "weight") -> None:
+    """A per-class tensor must be 1-D with one value per class."""
+    if weight is not None and weight.shape != (num_classes,):
+        raise ShapeMismatch(
+            f"{name} must have shape [{num_classes}] (one value per class, C={num_classes}), got {shape_of(weight)}",
+            loc=(name,),
+        )
+
+
+def class_targets(input: Tensor, target: Tensor, *, allow_probabilities: bool) -> bool:
+    """Check `target` against logits `input` of shape (C), (N, C) or (N, C, d1, ...).
+
+    Returns True when `target` holds class probabilities (floating, input's shape), False for class
+    indices (shape of input without its class dimension).
+    """
+    if input.ndim == 0:
+        raise ShapeMismatch("input must have a class dimension: (C), (N, C) or (N, C, d1, ...), got []", loc=("input",))
+    index_shape = input.shape[1:0] if input.ndim == 1 else input.shape[:1] + input.shape[2:]
+    if target.is_floating_point():
+        if not allow_probabilities:
+            raise DtypeMismatch(
+                f"target must hold integer class indices, got dtype {dtype_name(target)}", loc=("target",)
+            )
+        if target.shape != input.shape:
+            raise ShapeMismatch(
+                f"class-probability target (floating dtype) must have input's shape {shape_of(input)}, got "
+                f"{shape_of(target)}; class indices of shape {list(index_shape)} must be integers",
+                loc=("target",),
+            )
+        return True
+    if target.shape != index_shape:
+        extra = f" or class probabilities of shape {shape_of(input)}" if allow_probabilities else ""
+        raise ShapeMismatch(
+            f"target must hold class indices of shape {list(index_shape)}{extra} for input of shape "
+            f"{shape_of(input)}, got {shape_of(target)}",
+            loc=("target",),
+        )
+    return False
+
+
+def class_indices_in_range(target: Tensor, num_classes: int, ignore_index: int | None) -> None:
+    """Every class index must lie in [0, C), except entries equal to `ignore_index`."""
+    bad = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        bad &= target != ignore_index
+    if bool(bad.any()):
+        where = first_index(bad)
+        value = int(target[where]) if where else int(target)
+        ignored = f" (or ignore_index={ignore_index})" if ignore_index is not None else ""
+        raise ValueOutOfRange(
+            f"class index {value} at target{list(where)} is out of range: expected 0 <= index < {num_classes}{ignored}",
+            loc=("target", *where),
+        )
+
+
+def dtype_name(t: Tensor) -> str:
+    """Torch dtype without the `torch.` prefix: `float32`, `int64`, ..."""
+    return str(t.dtype).removeprefix("torch.")

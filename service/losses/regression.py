@@ -1,0 +1,71 @@
+"""Regression losses: elementwise distances between `input` and `target` (l1, mse, smooth_l1)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from service.losses import checks
+from service.losses.registry import REGISTRY, LossParams, TensorArg
+
+ELEMENTWISE = (
+    TensorArg("input", "(*), any number of dimensions", grad=True, doc="Predictions."),
+    TensorArg(
+        "target",
+        "(*), same shape as input (a broadcastable shape is accepted with torch's warning)",
+        grad=True,
+        doc="Ground truth.",
+    ),
+)
+WEIGHT = TensorArg(
+    "weight", "(*), same shape as input", required=False, doc="Per-element weights; `mean` divides by their sum."
+)
+
+
+def check_elementwise(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
+    """Target broadcastable to input (torch warns when shapes differ); weight of input's shape."""
+    warnings = checks.broadcast_target(t["input"], t["target"])
+    if t.get("weight") is not None:
+        checks.same_shape("weight", t["weight"], "input", t["input"])
+    return warnings
+
+
+@REGISTRY.loss(
+    "l1",
+    tensors=(*ELEMENTWISE, WEIGHT),
+    check=check_elementwise,
+    torch_ref="torch.nn.functional.l1_loss",
+)
+def l1(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> Tensor:
+    """Mean absolute error: |input - target|, optionally weighted per element."""
+    return F.l1_loss(input, target, reduction=p.reduction, weight=weight)  # type: ignore[call-arg]  # stubs lag
+
+
+@REGISTRY.loss(
+    "mse",
+    tensors=(*ELEMENTWISE, WEIGHT),
+    check=check_elementwise,
+    torch_ref="torch.nn.functional.mse_loss",
+)
+def mse(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> Tensor:
+    """Mean squared error: (input - target)^2, optionally weighted per element."""
+    return F.mse_loss(input, target, reduction=p.reduction, weight=weight)  # type: ignore[call-arg]  # stubs lag
+
+
+class SmoothL1Params(LossParams):
+    beta: float = Field(1.0, ge=0, description="Where the loss turns from quadratic to linear; 0 makes it exactly l1.")
+
+
+@REGISTRY.loss(
+    "smooth_l1",
+    tensors=ELEMENTWISE,
+    params=SmoothL1Params,
+    check=check_elementwise,
+    torch_ref="torch.nn.functional.smooth_l1_loss",
+)
+def smooth_l1(input: Tensor, target: Tensor, p: SmoothL1Params) -> Tensor:
+    """Smooth L1: 0.5 x^2 / beta where |x| < beta, else |x| - 0.5 beta, with x = input - target."""
+    return F.smooth_l1_loss(input, target, reduction=p.reduction, beta=p.beta)

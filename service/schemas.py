@@ -1,0 +1,186 @@
+"""Wire models derived from the registry: per-loss request models, the catalog entry, response shapes.
+
+Each loss gets its own request model, built from its declaration: the loss's parameter model (torch's
+keyword arguments) plus one field per tensor argument, `return_grad` and `output_encoding`. Tensor
+fields are documented with the `Tensor` schema but pass through unvalidated: the codec reads the
+numbers in one C call instead of pydantic validating them one by one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
+
+from service.codec import DTYPES
+from service.errors import ErrorDetail, InvalidRequest
+from service.losses.registry import LossParams, LossSpec, TensorKind
+
+GRAD_NOTE = (
+    "Gradients of reduction 'none' are taken with an upstream gradient of ones "
+    "(they are the gradients of the sum of the per-element losses)."
+)
+
+TENSOR_SCHEMA: dict[str, Any] = {
+    "title": "Tensor",
+    "description": (
+        "A tensor: a number, a nested array of numbers (row-major, rectangular), "
+        '{"data": [flat numbers], "shape": [...], "dtype": ...} or '
+        '{"b64": "<base64 of little-endian row-major bytes>", "shape": [...], "dtype": ...}. '
+        'Non-finite values are the strings "NaN", "Infinity" and "-Infinity".'
+    ),
+    "oneOf": [
+        {"$ref": "#/components/schemas/Number"},
+        {"type": "array", "items": {}},
+        {
+            "type": "object",
+            "properties": {
+                "data": {"type": "array", "items": {"$ref": "#/components/schemas/Number"}},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "dtype": {"type": "string", "enum": list(DTYPES)},
+            },
+            "required": ["data"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "b64": {"type": "string", "contentEncoding": "base64"},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "dtype": {"type": "string", "enum": list(DTYPES)},
+            },
+            "required": ["b64"],
+            "additionalProperties": False,
+        },
+    ],
+}
+NUMBER_SCHEMA: dict[str, Any] = {
+    "title": "Number",
+    "description": 'A JSON number, or "NaN", "Infinity", "-Infinity".',
+    "anyOf": [{"type": "number"}, {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}],
+}
+EXTRA_SCHEMAS = {"Tensor": TENSOR_SCHEMA, "Number": NUMBER_SCHEMA}
+"""Component schemas referenced by the generated models, added to the OpenAPI document."""
+
+_TENSOR_MARK = "lossd:tensor"
+TensorField = Annotated[Any, WithJsonSchema({"$comment": _TENSOR_MARK})]
+"""A tensor argument: any JSON value for pydantic (the codec reads it), the `Tensor` schema in OpenAPI."""
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema for the OpenAPI components, tensor fields pointing at the `Tensor` schema."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for prop in schema.get("properties", {}).values():
+        if prop.pop("$comment", None) == _TENSOR_MARK:
+            prop["$ref"] = "#/components/schemas/Tensor"
+    return schema
+
+
+class RequestOptions(BaseModel):
+    """The fields every loss request has besides the loss's own tensors and parameters."""
+
+    return_grad: bool | list[str] = Field(
+        False, description=f"true: gradients of every differentiable tensor given; or a list of names. {GRAD_NOTE}"
+    )
+    output_encoding: Literal["json", "base64"] = Field(
+        "json", description="How response tensors are written: nested JSON arrays, or base64 objects."
+    )
+
+
+def request_model(spec: LossSpec) -> type[LossParams]:
+    """The request body model of one loss: its parameters, tensors, `return_grad`, `output_encoding`."""
+    fields: dict[str, Any] = {}
+    for arg in spec.tensors:
+        description = f"{arg.doc} Shape: {arg.shape}. {_KIND_WORDS[arg.kind]}"
+        default = ... if arg.required else None
+        fields[arg.name] = (TensorField, Field(default, description=description))
+    if spec.differentiable:  # narrow return_grad's names to this loss's differentiable arguments
+        field = RequestOptions.model_fields["return_grad"]
+        names: Any = Literal[spec.differentiable]  # built at run time from the declaration
+        fields["return_grad"] = (bool | list[names], Field(False, description=field.description))
+    name = "".join(part.capitalize() for part in spec.name.split("_")) + "Request"
+    bases: Any = (spec.params, RequestOptions)
+    return create_model(name, __base__=bases, __doc__=spec.summary, **fields)  # type: ignore[no-any-return]
+
+
+_KIND_WORDS = {
+    TensorKind.FLOAT: "Floating point (float32 unless a dtype is given).",
+    TensorKind.INDEX: "Integer class indices (int64; int32 and uint8 are converted).",
+    TensorKind.INDEX_OR_PROBABILITY: (
+        "Integer class indices, or floating class probabilities; untyped numbers with input's shape are probabilities."
+    ),
+}
+
+
+def invalid_request(exc: ValidationError) -> InvalidRequest:
+    """A pydantic validation failure as a domain error, one detail per failing field."""
+    details = [ErrorDetail(tuple(e["loc"]), _message(e)) for e in exc.errors(include_url=False)]
+    summary = "; ".join(f"{'.'.join(map(str, d.loc)) or 'body'}: {d.msg}" for d in details[:5])
+    return InvalidRequest(f"the request does not match the loss's schema: {summary}", errors=details)
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field (not an argument or parameter of this loss)"
+    return str(error["msg"])
+
+
+class LossResponse(BaseModel):
+    """A loss result. Every tensor is a number/nested array, or a base64 object with output_encoding=base64."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"loss": 0.345, "shape": [], "dtype": "float32", "device": "cpu"}}
+    )
+
+    loss: Any = Field(description="The loss: a number (reduced) or a nested array (reduction 'none').")
+    shape: list[int] = Field(description="Shape of the loss tensor; [] for a reduced loss.")
+    dtype: str = Field(description="dtype of the loss tensor.")
+    grad: dict[str, Any] | None = Field(None, description="Gradients by argument name, when asked for.")
+    device: str = Field(description="Where the loss was computed: cpu, cuda:0, ...")
+    warnings: list[str] | None = Field(None, description="Warnings torch would have printed (e.g. broadcasting).")
+
+
+class ProblemDetail(BaseModel):
+    """One offending field: `loc` is its path in the request."""
+
+    loc: list[str | int]
+    msg: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem (application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemDetail] = []
+
+
+def catalog_entry(spec: LossSpec) -> dict[str, Any]:
+    """The public description of one loss, as `GET /v1/losses/{name}` returns it."""
+    params = spec.params.model_json_schema()
+    params.pop("title", None)
+    params.pop("description", None)
+    return {
+        "name": spec.name,
+        "summary": spec.summary,
+        "description": spec.description,
+        "torch": spec.torch_ref,
+        "aliases": list(spec.aliases),
+        "tensors": [
+            {
+                "name": a.name,
+                "kind": a.kind.value,
+                "shape": a.shape,
+                "differentiable": a.grad,
+                "required": a.required,
+                "description": a.doc,
+            }
+            for a in spec.tensors
+        ],
+        "parameters": params,
+        "reductions": list(spec.reductions),
+        "default_reduction": spec.params.model_fields["reduction"].default,
+        "gradients": GRAD_NOTE,
+    }
