@@ -5,8 +5,9 @@ Reads a tensor given as
   - `{"data": [flat numbers], "shape": [...], "dtype": "float32"}`: untyped unless `dtype` is given;
   - `{"b64": "<base64 of little-endian row-major bytes>", "shape": [...], "dtype": "float32"}`: typed.
 Non-finite values travel as the strings "NaN", "Infinity" and "-Infinity", both ways, so every body is
-strict JSON. Number arrays become tensors in one numpy call; Python only walks the data again to say
-exactly where a bad payload went wrong.
+strict JSON. JSON booleans read as 1 and 0, as `torch.tensor` and numpy read Python booleans.
+Number arrays become tensors in one numpy call; Python only walks the data again to say exactly where
+a bad payload went wrong.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def _cast(t: Tensor, dtype: torch.dtype, loc: Loc) -> Tensor:
 
 def _nested_to_tensor(value: Any, loc: Loc) -> Tensor:
     """A number or rectangular nested array of numbers -> float64/int64 tensor, in one numpy call."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str | list):
+    if not isinstance(value, int | float | str | list):
         raise InvalidTensor(
             f"{_dotted(loc)}: expected a number or an array of numbers, got {_describe(value)}", loc=loc
         )
@@ -191,6 +192,8 @@ def _nested_to_tensor(value: Any, loc: Loc) -> Tensor:
         array = np.array(value)
     except (ValueError, OverflowError):
         array = None
+    if array is not None and array.dtype.kind == "b":
+        array = array.astype(np.int64)
     if array is None or array.dtype.kind not in "fi" or array.ndim > MAX_DIMS:
         array = _slow_path(value, loc)
     return torch.from_numpy(array)
@@ -225,7 +228,7 @@ def _first_problem(value: Any, shape: list[int], loc: Loc) -> tuple[Loc, str] | 
             if value in NON_FINITE:
                 return None
             return loc, f"expected a number, got the string {value!r} (only NaN, Infinity, -Infinity are)"
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not isinstance(value, int | float):
             return loc, f"expected a number, got {_describe(value)}"
         if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
             return loc, f"integer {value} does not fit in 64 bits"
@@ -249,8 +252,6 @@ def _replace_tokens(value: Any) -> Any:
 def _describe(value: Any) -> str:
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "a boolean"
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, list):

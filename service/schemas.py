@@ -114,9 +114,23 @@ _KIND_WORDS = {
 
 def invalid_request(exc: ValidationError) -> InvalidRequest:
     """A pydantic validation failure as a domain error, one detail per failing field."""
-    details = [ErrorDetail(tuple(e["loc"]), _message(e)) for e in exc.errors(include_url=False)]
+    found = [(_field_loc(e["loc"]), _message(e)) for e in exc.errors(include_url=False)]
+    # A union (return_grad: bool | list) fails once per member; keep the deepest, most specific failure.
+    details = [
+        ErrorDetail(loc, msg)
+        for loc, msg in found
+        if not any(len(other) > len(loc) and other[: len(loc)] == loc for other, _ in found)
+    ]
     summary = "; ".join(f"{'.'.join(map(str, d.loc)) or 'body'}: {d.msg}" for d in details[:5])
     return InvalidRequest(f"the request does not match the loss's schema: {summary}", errors=details)
+
+
+def _field_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """A pydantic loc without its union-member tags (`bool`, `list[...]`), which name no request field."""
+    return tuple(p for p in loc if not (isinstance(p, str) and (p in _UNION_TAGS or "[" in p)))
+
+
+_UNION_TAGS = {"bool", "int", "float", "str", "list", "dict"}
 
 
 def _message(error: Any) -> str:

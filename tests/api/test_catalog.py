@@ -1,0 +1,67 @@
+"""The catalog, health routes and the committed OpenAPI document, all derived from the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from service.losses import REGISTRY
+from service.openapi import document
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_catalog_lists_every_loss_with_its_declaration(client: TestClient) -> None:
+    losses = {entry["name"]: entry for entry in client.get("/v1/losses").json()["losses"]}
+    assert sorted(losses) == sorted(spec.name for spec in REGISTRY)
+    for spec in REGISTRY:
+        entry = losses[spec.name]
+        assert entry == client.get(f"/v1/losses/{spec.name}").json()
+        assert [t["name"] for t in entry["tensors"]] == [t.name for t in spec.tensors]
+        assert {t["name"] for t in entry["tensors"] if t["differentiable"]} == set(spec.differentiable)
+        assert entry["reductions"] == ["none", "mean", "sum"]
+        assert entry["parameters"]["additionalProperties"] is False
+        assert "upstream gradient of ones" in entry["gradients"]
+
+
+def test_catalog_parameter_schemas_carry_torch_defaults_and_bounds(client: TestClient) -> None:
+    ce = client.get("/v1/losses/cross_entropy").json()
+    props = ce["parameters"]["properties"]
+    assert props["ignore_index"]["default"] == -100
+    assert props["label_smoothing"] == props["label_smoothing"] | {"default": 0.0, "minimum": 0.0, "maximum": 1.0}
+    assert props["reduction"]["default"] == "mean"
+    target = next(t for t in ce["tensors"] if t["name"] == "target")
+    assert target["kind"] == "index_or_probability"
+    assert not target["differentiable"]
+    beta = client.get("/v1/losses/smooth_l1").json()["parameters"]["properties"]["beta"]
+    assert beta["default"] == 1.0
+    assert beta["minimum"] == 0
+    assert client.get("/v1/losses/focal").json()["parameters"]["properties"]["gamma"]["default"] == 2.0
+
+
+def test_health(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "device": "cpu", "losses": len(REGISTRY)}
+
+
+def test_openapi_documents_each_loss_body(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for loss in REGISTRY:
+        operation = spec["paths"][f"/v1/losses/{loss.name}"]["post"]
+        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        model = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        assert set(model["properties"]) >= {t.name for t in loss.tensors} | {
+            "reduction",
+            "return_grad",
+            "output_encoding",
+        }
+        assert model["additionalProperties"] is False
+        assert "application/problem+json" in operation["responses"]["422"]["content"]
+
+
+def test_committed_openapi_is_current() -> None:
+    committed = (ROOT / "openapi" / "openapi.json").read_text()
+    assert committed == document(), "openapi/openapi.json is stale: run `make openapi`"

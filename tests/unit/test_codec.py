@@ -1,0 +1,140 @@
+"""The codec: every wire form and dtype round-trips exactly; bad payloads fail with a precise `loc`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from service import codec
+from service.errors import InvalidTensor, MalformedBody
+from service.losses.registry import TensorKind
+from tests import wire
+
+ALL_DTYPES = list(codec.DTYPES.values())
+
+
+def _sample(dtype: torch.dtype) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.tensor([[0.5, -1.25, 3.0], [1e-3, 2.0, -0.0]]).to(dtype)
+    return torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_b64_round_trip_every_dtype(dtype: torch.dtype) -> None:
+    t = _sample(dtype)
+    decoded = codec.decode_tensor(codec.encode_tensor(t, "base64"), "input")
+    assert decoded.typed
+    assert decoded.tensor.dtype == dtype
+    assert torch.equal(decoded.tensor, t)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_flat_round_trip_every_dtype(dtype: torch.dtype) -> None:
+    t = _sample(dtype)
+    decoded = codec.decode_tensor(
+        wire.flat(t.float() if dtype == torch.bfloat16 else t) | {"dtype": codec.dtype_name(t)}, "x"
+    )
+    assert decoded.tensor.dtype == dtype
+    assert torch.equal(decoded.tensor, t)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_json_encoding_is_exact(dtype: torch.dtype) -> None:
+    """JSON output holds each value exactly (float32 values are written as their exact float64)."""
+    t = _sample(dtype)
+    encoded = codec.loads(codec.dumps({"t": codec.encode_tensor(t)}))["t"]
+    assert torch.equal(torch.tensor(encoded, dtype=torch.float64), t.double())
+
+
+def test_nested_is_untyped_and_keeps_int_or_float() -> None:
+    ints = codec.decode_tensor([[1, 2], [3, 4]], "target")
+    floats = codec.decode_tensor([[1.5, 2], [3, 4]], "input")
+    assert not ints.typed
+    assert ints.tensor.dtype == torch.int64
+    assert not floats.typed
+    assert floats.tensor.dtype == torch.float64
+    assert floats.tensor.tolist() == [[1.5, 2.0], [3.0, 4.0]]
+
+
+def test_booleans_read_as_numbers_like_torch_tensor() -> None:
+    for value in ([1, True, 0.5], [True, False], True):
+        assert torch.equal(codec.decode_tensor(value, "x").tensor.double(), torch.tensor(value).double())
+
+
+def test_scalar_and_empty() -> None:
+    assert codec.decode_tensor(2.5, "x").tensor.shape == ()
+    assert codec.decode_tensor([], "x").tensor.shape == (0,)
+    assert codec.decode_tensor([[], []], "x").tensor.shape == (2, 0)
+    empty = codec.decode_tensor({"b64": "", "shape": [0, 3], "dtype": "float32"}, "x")
+    assert empty.tensor.shape == (0, 3)
+
+
+def test_non_finite_tokens_both_ways() -> None:
+    decoded = codec.decode_tensor([1.0, "NaN", "Infinity", "-Infinity"], "x").tensor
+    assert decoded[0] == 1.0
+    assert math.isnan(decoded[1])
+    assert decoded[2] == math.inf
+    assert decoded[3] == -math.inf
+    encoded = codec.loads(codec.dumps(codec.encode_tensor(decoded.float())))
+    assert encoded == [1.0, "NaN", "Infinity", "-Infinity"]
+    assert codec.encode_tensor(torch.tensor(math.nan)) == "NaN"
+    assert codec.decode_tensor("-Infinity", "x").tensor.item() == -math.inf
+
+
+def test_matches_numpy_reading() -> None:
+    data = np.random.default_rng(0).standard_normal((4, 3, 2)).tolist()
+    assert np.array_equal(codec.decode_tensor(data, "x").tensor.numpy(), np.array(data))
+
+
+def test_strict_json() -> None:
+    with pytest.raises(MalformedBody):
+        codec.loads(b'{"input": [NaN]}')
+    with pytest.raises(MalformedBody):
+        codec.loads(b'{"input": [1, 2')
+
+
+def _loc(value: Any, kind: TensorKind = TensorKind.FLOAT) -> tuple[Any, ...]:
+    with pytest.raises(InvalidTensor) as info:
+        codec.decode_tensor(value, "input", kind)
+    return info.value.errors[0].loc
+
+
+@pytest.mark.parametrize(
+    ("value", "loc"),
+    [
+        ([[1, 2], [3]], ("input", 1)),
+        ([[1, 2], [3, [4]]], ("input", 1, 1)),
+        ([[1, 2], 3], ("input", 1)),
+        ([1, "x"], ("input", 1)),
+        ([1, None], ("input", 1)),
+        ([[1.0], [{}]], ("input", 1, 0)),
+        ([1, 2**70], ("input", 1)),
+        (None, ("input",)),
+        ("nan", ("input",)),
+        ({"values": [1]}, ("input",)),
+        ({"data": [1, 2, 3], "shape": [2, 2]}, ("input", "shape")),
+        ({"data": [[1, 2]], "shape": [2]}, ("input", "data")),
+        ({"data": [1, 2], "shape": [-2]}, ("input", "shape")),
+        ({"data": [1, 2], "dtype": "float128"}, ("input", "dtype")),
+        ({"data": [1.5], "dtype": "int64"}, ("input", "data", 0)),
+        ({"data": [300], "dtype": "uint8"}, ("input", "data", 0)),
+        ({"data": [1], "extra": 1}, ("input", "extra")),
+        ({"b64": "not base64!!", "dtype": "float32"}, ("input", "b64")),
+        ({"b64": "AAAA", "dtype": "float32"}, ("input", "b64")),
+        ({"b64": "AAAAAAAAAAA=", "shape": [3], "dtype": "float32"}, ("input", "b64")),
+        ([[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]], ("input",)),
+    ],
+)
+def test_bad_payloads_name_the_place(value: Any, loc: tuple[Any, ...]) -> None:
+    assert _loc(value) == loc
+
+
+def test_b64_default_dtype_by_kind() -> None:
+    raw = wire.b64(torch.tensor([1, 2], dtype=torch.int64))
+    del raw["dtype"]
+    assert codec.decode_tensor(raw, "target", TensorKind.INDEX).tensor.tolist() == [1, 2]
+    assert _loc(raw, TensorKind.INDEX_OR_PROBABILITY) == ("input", "dtype")

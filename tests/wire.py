@@ -1,0 +1,49 @@
+"""Independent wire helpers for tests: tensors to request JSON and response JSON back to tensors."""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+TOKENS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+NAMES = {
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.int8: "int8",
+    torch.int16: "int16",
+    torch.int32: "int32",
+    torch.int64: "int64",
+    torch.uint8: "uint8",
+}
+
+
+def b64(t: Tensor) -> dict[str, Any]:
+    raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return {"b64": base64.b64encode(raw).decode(), "shape": list(t.shape), "dtype": NAMES[t.dtype]}
+
+
+def flat(t: Tensor) -> dict[str, Any]:
+    return {"data": t.reshape(-1).tolist(), "shape": list(t.shape), "dtype": NAMES[t.dtype]}
+
+
+def to_tensor(value: Any) -> Tensor:
+    """A response tensor (number, nested arrays with non-finite tokens, or base64 object) as float64."""
+    if isinstance(value, dict):
+        dtype = {v: k for k, v in NAMES.items()}[value["dtype"]]
+        raw = bytearray(base64.b64decode(value["b64"]))
+        t = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return t.reshape(value["shape"]).to(torch.float64)
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return TOKENS[v] if isinstance(v, str) else v
+
+    return torch.from_numpy(np.array(fix(value), dtype=np.float64))
