@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint typecheck pytest openapi install install-dev clean
+.PHONY: serve test lint typecheck pytest openapi docs install install-dev clean
 
 $(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ pytest: install-dev
 ## openapi: regenerate openapi/openapi.json from the app
 openapi: install
 	$(PY) -m service.openapi > openapi/openapi.json
+
+## docs: regenerate the README's loss table from the registry
+docs: install
+	$(PY) -m service.docs
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
+from tests import wire
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -21,7 +22,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def app() -> FastAPI:
-    return create_app(Settings(device="cpu"))
+    return create_app(Settings(device=wire.DEVICE))
 
 
 @pytest.fixture(scope="session")

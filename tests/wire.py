@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+DEVICE = os.environ.get("LOSSD_TEST_DEVICE", "cpu")
+"""Where the service under test computes (`LOSSD_TEST_DEVICE=cuda` runs the suites against CUDA)."""
 
 TOKENS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 NAMES = {
@@ -47,3 +51,13 @@ def to_tensor(value: Any) -> Tensor:
         return TOKENS[v] if isinstance(v, str) else v
 
     return torch.from_numpy(np.array(fix(value), dtype=np.float64))
+
+
+def assert_same(got: Any, expected: Tensor) -> None:
+    """A response value equals torch's CPU result: bit for bit on CPU, within dtype tolerance elsewhere."""
+    actual = to_tensor(got)
+    if DEVICE == "cpu":
+        assert torch.equal(actual, expected.detach().double()), (actual, expected)
+    else:
+        tolerance = {"rtol": 1e-2, "atol": 1e-2} if expected.dtype in (torch.float16, torch.bfloat16) else {}
+        torch.testing.assert_close(actual, expected.detach().double(), **tolerance)

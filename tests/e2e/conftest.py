@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import wire
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,7 +30,7 @@ def server() -> Iterator[str]:
     env = os.environ | {
         "LOSSD_HOST": "127.0.0.1",
         "LOSSD_PORT": str(port),
-        "LOSSD_DEVICE": "cpu",
+        "LOSSD_DEVICE": wire.DEVICE,
         "LOSSD_LOG_LEVEL": "warning",
     }
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
