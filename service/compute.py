@@ -50,13 +50,14 @@ class LossResult:
 def resolve_device(name: str) -> torch.device:
     """`auto` -> CUDA when available, else CPU; an explicit CUDA device must exist."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"LOSSD_DEVICE={name} but CUDA is not available")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise RuntimeError(f"LOSSD_DEVICE={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
     return device
 
 

@@ -58,6 +58,5 @@ def assert_same(got: Any, expected: Tensor) -> None:
     actual = to_tensor(got)
     if DEVICE == "cpu":
         assert torch.equal(actual, expected.detach().double()), (actual, expected)
-    else:
-        tolerance = {"rtol": 1e-2, "atol": 1e-2} if expected.dtype in (torch.float16, torch.bfloat16) else {}
-        torch.testing.assert_close(actual, expected.detach().double(), **tolerance)
+    else:  # CUDA kernels may sum in another order: compare within the tolerance of expected's dtype
+        torch.testing.assert_close(actual.to(expected.dtype), expected.detach())

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# On a machine with CUDA: run the parity, API and end-to-end suites against a CUDA device (bad class
+# indices must be 422 problems and the next request must still work), then print CPU vs CUDA timings.
+# Uses .venv when `make install-dev` has made one; on a machine without a registry, wheels in .whl/ are
+# installed over the system torch instead (see README, "GPU").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -x .venv/bin/python ]; then
+  PY=.venv/bin/python
+else
+  PY=${PYTHON:-python3}
+  if [ -d .whl ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lossd-site .whl/*.whl || exit 1
+    export PYTHONPATH="/tmp/lossd-site:$PWD"
+  fi
+fi
+"$PY" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print("torch", torch.__version__, "on", torch.cuda.get_device_name())' || exit 1
+status=0
+LOSSD_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider -W "ignore::DeprecationWarning" \
+  tests/contract tests/api tests/e2e || status=$?
+"$PY" scripts/gpu_timings.py || status=$?
+exit $status
