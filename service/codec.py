@@ -157,10 +157,12 @@ def _shape(obj: dict[str, Any], name: str, default: list[int]) -> list[int]:
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62 for d in shape)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        or math.prod(max(d, 1) for d in shape) >= 2**62  # torch's strides must fit in int64
     ):
         raise InvalidTensor(
-            f"{name}.shape must be a list of at most {MAX_DIMS} non-negative integers, got {shape!r}",
+            f"{name}.shape must be a list of at most {MAX_DIMS} non-negative integers whose product fits in "
+            f"64 bits, got {shape!r}",
             loc=(name, "shape"),
         )
     return shape

@@ -119,6 +119,8 @@ def _loc(value: Any, kind: TensorKind = TensorKind.FLOAT) -> tuple[Any, ...]:
         ({"data": [1, 2, 3], "shape": [2, 2]}, ("input", "shape")),
         ({"data": [[1, 2]], "shape": [2]}, ("input", "data")),
         ({"data": [1, 2], "shape": [-2]}, ("input", "shape")),
+        ({"b64": "", "shape": [0, 2**40, 2**40], "dtype": "float32"}, ("input", "shape")),
+        ({"data": [], "shape": [2**62, 0]}, ("input", "shape")),
         ({"data": [1, 2], "dtype": "float128"}, ("input", "dtype")),
         ({"data": [1.5], "dtype": "int64"}, ("input", "data", 0)),
         ({"data": [300], "dtype": "uint8"}, ("input", "data", 0)),
