@@ -57,7 +57,13 @@ def build_openapi(app: FastAPI, plane: DataPlane) -> dict[str, Any]:
     document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = document.setdefault("components", {}).setdefault("schemas", {})
     components.update(schemas.EXTRA_SCHEMAS)
-    models: list[type[BaseModel]] = [*plane.models.values(), schemas.LossResponse, schemas.Problem]
+    models: list[type[BaseModel]] = [
+        *plane.models.values(),
+        schemas.LossResponse,
+        schemas.Problem,
+        schemas.EvaluateRequest,
+        schemas.EvaluateResponse,
+    ]
     for model in models:
         schema = schemas.openapi_schema(model)
         components.update(schema.pop("$defs", {}))

@@ -7,7 +7,7 @@ a worker thread; nothing here touches the event loop or HTTP.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +20,7 @@ from service.losses.registry import LossParams, LossSpec, TensorArg, TensorKind
 # Torch warns (once per call site) when a target's shape differs from input's. lossd checks that itself
 # and returns the warning to the client with the result, so the process log need not repeat it.
 warnings.filterwarnings("ignore", message="Using a target size", category=UserWarning)
+warnings.filterwarnings("ignore", message="reduction: 'mean' divides the total loss", category=UserWarning)
 
 _MAX_EXACT_INDEX = 2.0**53
 """Larger float-valued class indices cannot be told apart from their neighbours."""
@@ -61,7 +62,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _as_indices(name: str, raw: RawTensor) -> Tensor:
+Cast = Callable[[Tensor, torch.dtype], Tensor]
+"""How a tensor is converted to a dtype; /v1/evaluate passes a caching one so each conversion happens once."""
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t.to(dtype)
+
+
+def _as_indices(name: str, raw: RawTensor, cast: Cast) -> Tensor:
     t = raw.tensor
     if t.is_floating_point():
         if raw.typed:
@@ -77,10 +86,10 @@ def _as_indices(name: str, raw: RawTensor) -> Tensor:
                 f"{name} holds class indices, which must be integers; got {t[where].item()} at {name}{list(where)}",
                 loc=(name, *where),
             )
-    return t.to(torch.int64)
+    return cast(t, torch.int64)
 
 
-def _as_floats(name: str, raw: RawTensor, dtype: torch.dtype) -> Tensor:
+def _as_floats(name: str, raw: RawTensor, dtype: torch.dtype, cast: Cast) -> Tensor:
     t = raw.tensor
     if raw.typed:
         if not t.is_floating_point():
@@ -89,10 +98,10 @@ def _as_floats(name: str, raw: RawTensor, dtype: torch.dtype) -> Tensor:
                 loc=(name,),
             )
         return t
-    return t.to(dtype)
+    return cast(t, dtype)
 
 
-def prepare(spec: LossSpec, raw: Mapping[str, RawTensor]) -> dict[str, Tensor]:
+def prepare(spec: LossSpec, raw: Mapping[str, RawTensor], cast: Cast = _cast) -> dict[str, Tensor]:
     """Give every decoded tensor the dtype its argument's kind calls for (see `TensorKind`)."""
     float_dtype = next(
         (r.tensor.dtype for a in spec.tensors if a.kind is TensorKind.FLOAT and (r := raw.get(a.name)) and r.typed),
@@ -103,20 +112,22 @@ def prepare(spec: LossSpec, raw: Mapping[str, RawTensor]) -> dict[str, Tensor]:
         r = raw.get(arg.name)
         if r is None:
             continue
-        out[arg.name] = _coerce(arg, r, float_dtype, out)
+        out[arg.name] = _coerce(arg, r, float_dtype, out, cast)
     return out
 
 
-def _coerce(arg: TensorArg, r: RawTensor, float_dtype: torch.dtype, done: Mapping[str, Tensor]) -> Tensor:
+def _coerce(arg: TensorArg, r: RawTensor, float_dtype: torch.dtype, done: Mapping[str, Tensor], cast: Cast) -> Tensor:
     if arg.kind is TensorKind.FLOAT:
-        return _as_floats(arg.name, r, float_dtype)
+        return _as_floats(arg.name, r, float_dtype, cast)
     if arg.kind is TensorKind.INDEX_OR_PROBABILITY:
-        reads_as_probabilities = (
-            r.tensor.is_floating_point() if r.typed else ("input" in done and r.tensor.shape == done["input"].shape)
-        )
+        if r.typed:
+            reads_as_probabilities = r.tensor.is_floating_point()
+        else:
+            shape = arg.probability_shape(done) if arg.probability_shape else None
+            reads_as_probabilities = shape is not None and tuple(r.tensor.shape) == tuple(shape)
         if reads_as_probabilities:
-            return _as_floats(arg.name, r, float_dtype)
-    return _as_indices(arg.name, r)
+            return _as_floats(arg.name, r, float_dtype, cast)
+    return _as_indices(arg.name, r, cast)
 
 
 def compute(
@@ -125,15 +136,17 @@ def compute(
     params: LossParams,
     grad_wrt: Sequence[str] = (),
     device: torch.device | None = None,
+    place: Callable[[Tensor], Tensor] | None = None,
 ) -> LossResult:
     """Pre-validate `tensors` (CPU), run the loss on `device`, and differentiate w.r.t. `grad_wrt`.
 
     Gradients of a non-scalar loss (`reduction="none"`) are taken with an upstream gradient of ones,
-    i.e. they are the gradients of the sum of the per-element losses.
+    i.e. they are the gradients of the sum of the per-element losses. `place` moves a tensor to the
+    device (/v1/evaluate passes a caching one, so shared tensors are copied once).
     """
     device = device or torch.device("cpu")
     found = list(spec.check(tensors, params)) if spec.check else []
-    on_device = {name: t.to(device) for name, t in tensors.items()}
+    on_device = {name: place(t) if place else t.to(device) for name, t in tensors.items()}
     leaves = [on_device[name].detach().requires_grad_(True) for name in grad_wrt]
     on_device.update(zip(grad_wrt, leaves, strict=True))
     try:

@@ -6,15 +6,20 @@ response bytes or raise a domain error. Keeping this free of FastAPI lets every 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from torch import Tensor
 
 from service import codec, compute, schemas
-from service.errors import InvalidRequest, MalformedBody
-from service.losses.registry import LossParams, LossSpec, Registry
+from service.errors import ErrorDetail, InvalidRequest, Loc, LossdError, MalformedBody, UnknownLoss
+from service.losses.registry import LossParams, LossSpec, Registry, TensorKind
+
+Describe = Callable[[LossdError], dict[str, Any]]
+"""Turns an error into the problem object that stands for one failed entry of /v1/evaluate."""
 
 
 @dataclass
@@ -30,38 +35,141 @@ class DataPlane:
 
     def loss(self, spec: LossSpec, body: bytes) -> bytes:
         """Evaluate one `POST /v1/losses/{name}` body; returns the JSON response body."""
-        payload = codec.loads(body)
-        if not isinstance(payload, dict):
-            raise MalformedBody(f"the request body must be a JSON object, got {type(payload).__name__}")
-        try:
-            request = self.models[spec.name].model_validate(payload)
-        except ValidationError as exc:
-            raise schemas.invalid_request(exc) from None
-        assert isinstance(request, schemas.RequestOptions)
+        request = self._validate(self.models[spec.name], _json_object(body))
         raw = {
             arg.name: codec.decode_tensor(value, arg.name, arg.kind)
             for arg in spec.tensors
             if (value := getattr(request, arg.name)) is not None
         }
-        tensors = compute.prepare(spec, raw)
-        grad_wrt = _grad_wrt(spec, request.return_grad, tensors)
-        result = compute.compute(spec, tensors, request, grad_wrt, self.device)
-        return codec.dumps(encode_result(result, request.output_encoding))
+        return codec.dumps(self._run(spec, request, raw))
+
+    def evaluate(self, body: bytes, describe: Describe) -> bytes:
+        """Evaluate a `POST /v1/evaluate` body: every entry in order, each a result or its own problem."""
+        request = self._validate(schemas.EvaluateRequest, _json_object(body))
+        assert isinstance(request, schemas.EvaluateRequest)
+        pool = _Pool(request.tensors, self.device)
+        results: list[dict[str, Any]] = []
+        for i, entry in enumerate(request.losses):
+            try:
+                results.append(self._evaluate_entry(i, entry, request, pool))
+            except LossdError as exc:
+                results.append({"name": entry.name, **describe(exc)})
+        return codec.dumps({"results": results})
 
     def ready(self) -> bool:
         """True when the registry is loaded and the device runs a tiny computation."""
         return len(self.registry) > 0 and float(torch.ones(2, device=self.device).sum().item()) == 2.0
 
+    def _evaluate_entry(
+        self, i: int, entry: schemas.LossEntry, request: schemas.EvaluateRequest, pool: _Pool
+    ) -> dict[str, Any]:
+        here: Loc = ("losses", i)
+        try:
+            spec = self.registry.get(entry.name)
+        except UnknownLoss as exc:
+            raise InvalidRequest(exc.detail, loc=(*here, "name")) from None
+        renames = entry.tensors or {}
+        args = {arg.name for arg in spec.tensors}
+        for arg_name in renames:
+            if arg_name not in args:
+                raise InvalidRequest(
+                    f"{spec.name} has no tensor argument {arg_name!r}", loc=(*here, "tensors", arg_name)
+                )
+        extra = entry.model_extra or {}
+        for name in args & set(extra):
+            raise InvalidRequest(
+                f"tensors go in the shared 'tensors' object, not in the entry: {name!r}", loc=(*here, name)
+            )
+        keys = {arg.name: renames.get(arg.name, arg.name) for arg in spec.tensors}
+        given = {arg: key for arg, key in keys.items() if key in pool.values}
+        where = {**{arg: ("tensors", key) for arg, key in given.items()}, **{k: ("tensors", k) for k in given.values()}}
+        fields = {"return_grad": request.return_grad, "output_encoding": request.output_encoding, **extra}
+        try:
+            params = self._validate(self.models[spec.name], fields | dict.fromkeys(given, True))
+            raw = {arg.name: pool.raw(given[arg.name], arg.kind) for arg in spec.tensors if arg.name in given}
+            return {"name": spec.name, "status": 200, **self._run(spec, params, raw, pool)}
+        except LossdError as exc:
+            exc.errors = [_relocate(d, where, here) for d in exc.errors]
+            raise
 
-def _grad_wrt(spec: LossSpec, return_grad: bool | list[str], tensors: dict[str, Any]) -> list[str]:
-    """Names to differentiate: all differentiable arguments given, or the listed ones (each given)."""
+    def _run(
+        self, spec: LossSpec, request: LossParams, raw: Mapping[str, compute.RawTensor], pool: _Pool | None = None
+    ) -> dict[str, Any]:
+        assert isinstance(request, schemas.RequestOptions)
+        tensors = compute.prepare(spec, raw, pool.cast) if pool else compute.prepare(spec, raw)
+        grad_wrt = _grad_wrt(spec, request.return_grad, tensors)
+        result = compute.compute(spec, tensors, request, grad_wrt, self.device, pool.place if pool else None)
+        return encode_result(result, request.output_encoding)
+
+    @staticmethod
+    def _validate(model: type[BaseModel], payload: dict[str, Any]) -> Any:
+        try:
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            raise schemas.invalid_request(exc) from None
+
+
+class _Pool:
+    """The shared tensors of one /v1/evaluate request: each decoded, converted and placed once."""
+
+    def __init__(self, values: dict[str, Any], device: torch.device):
+        self.values = values
+        self.device = device
+        self._raw: dict[tuple[str, TensorKind | None], compute.RawTensor] = {}
+        self._cast: dict[tuple[int, torch.dtype], Tensor] = {}
+        self._placed: dict[int, Tensor] = {}
+        self._keep: list[Tensor] = []  # keeps every cached tensor alive, so ids stay unique
+
+    def raw(self, key: str, kind: TensorKind) -> compute.RawTensor:
+        value = self.values[key]
+        # The kind matters only to a base64 payload without a dtype (it picks the default dtype).
+        variant = kind if isinstance(value, dict) and "b64" in value and "dtype" not in value else None
+        if (key, variant) not in self._raw:
+            self._raw[key, variant] = codec.decode_tensor(value, key, kind)
+        return self._raw[key, variant]
+
+    def cast(self, t: Tensor, dtype: torch.dtype) -> Tensor:
+        if (id(t), dtype) not in self._cast:
+            self._cast[id(t), dtype] = converted = t.to(dtype)
+            self._keep += [t, converted]
+        return self._cast[id(t), dtype]
+
+    def place(self, t: Tensor) -> Tensor:
+        if id(t) not in self._placed:
+            self._placed[id(t)] = placed = t.to(self.device)
+            self._keep += [t, placed]
+        return self._placed[id(t)]
+
+
+def _relocate(detail: ErrorDetail, tensors: Mapping[str, Loc], entry: Loc) -> ErrorDetail:
+    """A detail's loc inside an evaluate request: shared tensors by their key, the rest in the entry."""
+    head, *rest = detail.loc or ("",)
+    if isinstance(head, str) and head in tensors:
+        return ErrorDetail((*tensors[head], *rest), detail.msg)
+    return ErrorDetail((*entry, *detail.loc), detail.msg)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    payload = codec.loads(body)
+    if not isinstance(payload, dict):
+        raise MalformedBody(f"the request body must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def _grad_wrt(spec: LossSpec, return_grad: bool | list[str], tensors: Mapping[str, Tensor]) -> list[str]:
+    """Names to differentiate: every differentiable floating tensor given, or the listed ones."""
     if return_grad is True:
-        return [name for name in spec.differentiable if name in tensors]
+        return [name for name in spec.differentiable if name in tensors and tensors[name].is_floating_point()]
     if return_grad is False:
         return []
     for i, name in enumerate(return_grad):
         if name not in tensors:
             raise InvalidRequest(f"return_grad names {name!r}, which the request does not give", loc=("return_grad", i))
+        if not tensors[name].is_floating_point():
+            raise InvalidRequest(
+                f"return_grad names {name!r}, which holds class indices: integers have no gradient",
+                loc=("return_grad", i),
+            )
     return list(dict.fromkeys(return_grad))
 
 

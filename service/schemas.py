@@ -69,11 +69,18 @@ TensorField = Annotated[Any, WithJsonSchema({"$comment": _TENSOR_MARK})]
 
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     """`model`'s JSON schema for the OpenAPI components, tensor fields pointing at the `Tensor` schema."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    for prop in schema.get("properties", {}).values():
-        if prop.pop("$comment", None) == _TENSOR_MARK:
-            prop["$ref"] = "#/components/schemas/Tensor"
+    schema: dict[str, Any] = _point_at_tensor(model.model_json_schema(ref_template="#/components/schemas/{model}"))
     return schema
+
+
+def _point_at_tensor(node: Any) -> Any:
+    if isinstance(node, dict):
+        if node.get("$comment") == _TENSOR_MARK:
+            node = {k: v for k, v in node.items() if k != "$comment"} | {"$ref": "#/components/schemas/Tensor"}
+        return {k: _point_at_tensor(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_point_at_tensor(v) for v in node]
+    return node
 
 
 class RequestOptions(BaseModel):
@@ -110,6 +117,30 @@ _KIND_WORDS = {
         "Integer class indices, or floating class probabilities; untyped numbers with input's shape are probabilities."
     ),
 }
+
+
+class LossEntry(BaseModel):
+    """One loss of a /v1/evaluate request: its name, then its parameters as in its own request."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": True})
+
+    name: str = Field(description="A loss name or alias from the catalog.")
+    tensors: dict[str, str] | None = Field(
+        None,
+        description="Which shared tensor each argument takes, when not the one of its own name: "
+        '{"inputs": "input"} feeds the shared `input` to sigmoid_focal\'s `inputs`.',
+    )
+
+
+class EvaluateRequest(BaseModel):
+    """Many losses over one set of tensors, sent and decoded once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tensors: dict[str, TensorField] = Field(description="Tensors by name; each loss takes its arguments from here.")
+    losses: list[LossEntry] = Field(min_length=1, description="The losses to compute, in order.")
+    return_grad: bool | list[str] = Field(False, description="Default of every entry's return_grad.")
+    output_encoding: Literal["json", "base64"] = Field("json", description="Default of every entry's output_encoding.")
 
 
 def invalid_request(exc: ValidationError) -> InvalidRequest:
@@ -152,6 +183,27 @@ class LossResponse(BaseModel):
     grad: dict[str, Any] | None = Field(None, description="Gradients by argument name, when asked for.")
     device: str = Field(description="Where the loss was computed: cpu, cuda:0, ...")
     warnings: list[str] | None = Field(None, description="Warnings torch would have printed (e.g. broadcasting).")
+
+
+class EvaluateResult(BaseModel):
+    """One entry of a /v1/evaluate response: a result (status 200), or a problem (type, title, status, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="The loss's canonical name.")
+    status: int = Field(description="200 for a result; the problem's status otherwise.")
+    loss: Any = Field(None, description="The loss, for a result.")
+    shape: list[int] | None = Field(None, description="Shape of the loss, for a result.")
+    dtype: str | None = Field(None, description="dtype of the loss, for a result.")
+    device: str | None = Field(None, description="Where it was computed, for a result.")
+    grad: dict[str, Any] | None = Field(None, description="Gradients by argument name, when asked for.")
+    warnings: list[str] | None = Field(None, description="Warnings torch would have printed.")
+
+
+class EvaluateResponse(BaseModel):
+    """The results of /v1/evaluate, in request order."""
+
+    results: list[EvaluateResult]
 
 
 class ProblemDetail(BaseModel):

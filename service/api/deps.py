@@ -46,4 +46,7 @@ def require_json(request: Request) -> None:
         return
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
-        raise UnsupportedMediaType(f"expected content-type application/json, got {media_type!r}", loc=("content-type",))
+        raise UnsupportedMediaType(
+            f"expected content-type application/json, got {media_type!r} (curl: -H 'content-type: application/json')",
+            loc=("content-type",),
+        )

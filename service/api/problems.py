@@ -60,10 +60,23 @@ def problem(status: int, slug: str, title: str, detail: str, errors: list[dict[s
     return Response(codec.dumps(body), status_code=status, media_type=PROBLEM_JSON)
 
 
+def problem_body(exc: LossdError) -> dict[str, Any]:
+    """The RFC 9457 document for a domain error (also one failed entry of /v1/evaluate)."""
+    status, where = STATUS[type(exc)]
+    errors = [_detail(where, d) for d in exc.errors]
+    return {
+        "type": f"/problems/{exc.slug}",
+        "title": exc.title,
+        "status": status,
+        "detail": exc.detail,
+        "errors": errors,
+    }
+
+
 def error_response(exc: LossdError) -> Response:
     """The problem response for a domain error."""
-    status, where = STATUS[type(exc)]
-    return problem(status, exc.slug, exc.title, exc.detail, [_detail(where, d) for d in exc.errors])
+    body = problem_body(exc)
+    return Response(codec.dumps(body), status_code=body["status"], media_type=PROBLEM_JSON)
 
 
 def _detail(where: str, d: ErrorDetail) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from service.api import problems
 from service.api.deps import StateDep, require_json
 from service.losses.registry import LossSpec, Registry
 
@@ -72,6 +73,28 @@ def build_router(registry: Registry, models: dict[str, type]) -> APIRouter:
                 }
             },
         )
+
+    @router.post(
+        "/evaluate",
+        operation_id="losses-evaluate",
+        response_class=Response,
+        responses={
+            200: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/EvaluateResponse"}}}},
+            **{status: response for status, response in PROBLEM_RESPONSES.items() if status != 404},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EvaluateRequest"}}},
+            }
+        },
+    )
+    async def evaluate(request: Request, state: StateDep) -> Response:
+        """Many losses over one set of tensors; each result, or its own problem, in request order."""
+        require_json(request)
+        body = await request.body()
+        out = await state.offload(state.plane.evaluate, body, problems.problem_body)
+        return Response(out, media_type="application/json")
 
     @router.post("/losses/{name}", include_in_schema=False)
     async def post_by_name(name: str, request: Request, state: StateDep) -> Response:

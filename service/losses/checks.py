@@ -25,6 +25,17 @@ def first_index(mask: Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), mask.shape)) if mask.ndim else ()
 
 
+def broadcastable(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    """Require `t` to broadcast against `ref`, as torch's elementwise operations need."""
+    try:
+        torch.broadcast_shapes(t.shape, ref.shape)  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        raise ShapeMismatch(
+            f"{name} of shape {shape_of(t)} cannot be broadcast with {ref_name} of shape {shape_of(ref)}",
+            loc=(name,),
+        ) from None
+
+
 def broadcast_target(input: Tensor, target: Tensor, target_name: str = "target") -> list[str]:
     """Accept `target` if it broadcasts against `input`, as torch does; warn when shapes differ.
 
@@ -33,14 +44,7 @@ def broadcast_target(input: Tensor, target: Tensor, target_name: str = "target")
     """
     if input.shape == target.shape:
         return []
-    try:
-        torch.broadcast_shapes(input.shape, target.shape)  # type: ignore[no-untyped-call]
-    except RuntimeError:
-        raise ShapeMismatch(
-            f"{target_name} of shape {shape_of(target)} cannot be broadcast to input of shape "
-            f"{shape_of(input)}; expected the same shape as input",
-            loc=(target_name,),
-        ) from None
+    broadcastable(target_name, target, "input", input)
     return [
         f"Using a target size ({target.shape}) that is different to the input size ({input.shape}). "
         "This will likely lead to incorrect results due to broadcasting. "
@@ -94,19 +98,45 @@ def class_targets(input: Tensor, target: Tensor, *, allow_probabilities: bool) -
     return False
 
 
-def class_indices_in_range(target: Tensor, num_classes: int, ignore_index: int | None) -> None:
-    """Every class index must lie in [0, C), except entries equal to `ignore_index`."""
+def class_indices_in_range(
+    target: Tensor, num_classes: int, ignore_index: int | None, name: str = "target", where: Tensor | None = None
+) -> None:
+    """Every class index must lie in [0, C), except entries equal to `ignore_index` (and outside `where`)."""
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         bad &= target != ignore_index
+    if where is not None:
+        bad &= where
     if bool(bad.any()):
-        where = first_index(bad)
-        value = int(target[where]) if where else int(target)
+        at = first_index(bad)
         ignored = f" (or ignore_index={ignore_index})" if ignore_index is not None else ""
         raise ValueOutOfRange(
-            f"class index {value} at target{list(where)} is out of range: expected 0 <= index < {num_classes}{ignored}",
-            loc=("target", *where),
+            f"class index {int(target[at])} at {name}{list(at)} is out of range: "
+            f"expected 0 <= index < {num_classes}{ignored}",
+            loc=(name, *at),
         )
+
+
+def values_where(name: str, t: Tensor, bad: Tensor, expected: str) -> None:
+    """Fail at the first element where `bad` holds, saying what was expected there."""
+    if bool(bad.any()):
+        at = first_index(bad)
+        raise ValueOutOfRange(f"{name}{list(at)} is {t[at].item()}; expected {expected}", loc=(name, *at))
+
+
+def signs(name: str, t: Tensor) -> None:
+    """Targets that torch reads as +1/-1 labels must be exactly 1 or -1."""
+    values_where(name, t, (t != 1) & (t != -1), "1 or -1")
+
+
+def unit_interval(name: str, t: Tensor) -> None:
+    """Probabilities: every value in [0, 1] (NaN is not)."""
+    values_where(name, t, ~((t >= 0) & (t <= 1)), "a value in [0, 1]")
+
+
+def non_negative(name: str, t: Tensor) -> None:
+    """Every value >= 0 (NaN passes, as in torch's own check)."""
+    values_where(name, t, t < 0, "a non-negative value")
 
 
 def dtype_name(t: Tensor) -> str:

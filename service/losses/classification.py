@@ -1,14 +1,16 @@
-"""Classification losses over logits with a class dimension: cross_entropy and softmax focal loss."""
+"""Classification losses: cross entropy and its relatives, binary, multi-class and multi-label margins."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from service.errors import InvalidRequest, ShapeMismatch
 from service.losses import checks
 from service.losses.registry import REGISTRY, LossParams, TensorArg, TensorKind
 
@@ -19,11 +21,26 @@ LOGITS = TensorArg(
     doc="Logits.",
 )
 CLASS_WEIGHT = TensorArg("weight", "(C)", required=False, doc="A manual rescaling weight per class.")
+CLASS_INDICES = TensorArg(
+    "target",
+    "(), (N) or (N, d1, ..., dK): class indices in [0, C)",
+    kind=TensorKind.INDEX,
+    doc="Integer class indices.",
+)
 
 
 def num_classes(input: Tensor) -> int:
     """C, the size of the class dimension of logits of shape (C) or (N, C, ...)."""
     return int(input.shape[0] if input.ndim == 1 else input.shape[1])
+
+
+def check_class_indices(t: Mapping[str, Tensor], ignore_index: int | None) -> None:
+    """Index targets for (C)/(N, C, ...) scores: shape, weight length, every index in [0, C)."""
+    logits, target = t["input"], t["target"]
+    checks.class_targets(logits, target, allow_probabilities=False)
+    c = num_classes(logits)
+    checks.class_weight(t.get("weight"), c)
+    checks.class_indices_in_range(target, c, ignore_index)
 
 
 class CrossEntropyParams(LossParams):
@@ -37,12 +54,10 @@ class CrossEntropyParams(LossParams):
 
 def check_cross_entropy(t: Mapping[str, Tensor], p: CrossEntropyParams) -> Sequence[str]:
     """Target shape matches input; weight has C entries; class indices in [0, C) or ignore_index."""
-    logits, target = t["input"], t["target"]
-    probabilities = checks.class_targets(logits, target, allow_probabilities=True)
-    c = num_classes(logits)
-    checks.class_weight(t.get("weight"), c)
-    if not probabilities:
-        checks.class_indices_in_range(target, c, p.ignore_index)
+    if checks.class_targets(t["input"], t["target"], allow_probabilities=True):
+        checks.class_weight(t.get("weight"), num_classes(t["input"]))
+    else:
+        check_class_indices(t, p.ignore_index)
     return []
 
 
@@ -54,13 +69,16 @@ def check_cross_entropy(t: Mapping[str, Tensor], p: CrossEntropyParams) -> Seque
             "target",
             "(), (N) or (N, d1, ..., dK) class indices in [0, C); or class probabilities of input's shape",
             kind=TensorKind.INDEX_OR_PROBABILITY,
-            doc="Integer class indices, or floating class probabilities (read as such when the shape is input's).",
+            grad=True,
+            doc="Integer class indices, or class probabilities (differentiable).",
+            probability_shape=lambda t: t["input"].shape,
         ),
         CLASS_WEIGHT,
     ),
     params=CrossEntropyParams,
     check=check_cross_entropy,
     torch_ref="torch.nn.functional.cross_entropy",
+    aliases=("CrossEntropyLoss", "cross_entropy_loss"),
 )
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, p: CrossEntropyParams) -> Tensor:
     """Cross entropy between logits and class indices or class probabilities.
@@ -78,65 +96,314 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, p: Cross
     )
 
 
-class FocalParams(LossParams):
-    gamma: float = Field(2.0, ge=0.0, description="Focusing parameter: (1 - p_t)^gamma down-weights easy examples.")
-    ignore_index: int = Field(-100, description="Targets equal to this contribute 0 and do not count towards the mean.")
+class NllParams(LossParams):
+    ignore_index: int = Field(-100, description="Targets equal to this are ignored and do not count towards the mean.")
 
 
-def check_focal(t: Mapping[str, Tensor], p: FocalParams) -> Sequence[str]:
-    """Class-index targets of input's shape minus C, in [0, C) or ignore_index; alpha () or (C)."""
-    logits, target, alpha = t["input"], t["target"], t.get("alpha")
-    checks.class_targets(logits, target, allow_probabilities=False)
-    c = num_classes(logits)
-    if alpha is not None and alpha.ndim != 0:
-        checks.class_weight(alpha, c, name="alpha")
-    checks.class_indices_in_range(target, c, p.ignore_index)
+def check_nll(t: Mapping[str, Tensor], p: NllParams) -> Sequence[str]:
+    """Index targets of input's shape without C, in [0, C) or ignore_index; weight (C)."""
+    check_class_indices(t, p.ignore_index)
     return []
 
 
 @REGISTRY.loss(
-    "focal",
+    "nll",
     tensors=(
-        LOGITS,
+        TensorArg(
+            "input",
+            "(C), (N, C) or (N, C, d1, ..., dK): log-probabilities, class dimension 1 (0 when 1-D)",
+            grad=True,
+            doc="Log-probabilities (e.g. log_softmax output).",
+        ),
+        CLASS_INDICES,
+        CLASS_WEIGHT,
+    ),
+    params=NllParams,
+    check=check_nll,
+    torch_ref="torch.nn.functional.nll_loss",
+    aliases=("NLLLoss",),
+)
+def nll(input: Tensor, target: Tensor, weight: Tensor | None, p: NllParams) -> Tensor:
+    """Negative log likelihood: -input[target], weighted per class."""
+    return F.nll_loss(input, target, weight=weight, ignore_index=p.ignore_index, reduction=p.reduction)
+
+
+class ChunkingOptions(BaseModel):
+    """torch.nn.LinearCrossEntropyOptions: compute in batch chunks, never materializing (N, C) logits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_chunk_size: int | None = Field(None, ge=1, description="Rows per chunk; null lets torch choose.")
+    chunking_method: str | None = Field("auto", description="torch's chunking method name ('auto' picks one).")
+    acc_policy: Literal["accurate", "balanced", "compact", "auto"] = Field("auto", description="Accumulation policy.")
+    acc_dtype: Literal["float16", "bfloat16", "float32", "float64"] | None = Field(
+        None, description="Accumulation dtype; null lets torch choose."
+    )
+    allow_retain_graph: bool = Field(False, description="Passed to torch as is.")
+
+    def to_torch(self) -> torch.nn.LinearCrossEntropyOptions:
+        acc_dtype = getattr(torch, self.acc_dtype) if self.acc_dtype else None
+        return torch.nn.LinearCrossEntropyOptions(
+            allow_retain_graph=self.allow_retain_graph,
+            batch_chunk_size=self.batch_chunk_size,
+            chunking_method=self.chunking_method,
+            acc_policy=self.acc_policy,
+            acc_dtype=acc_dtype,
+        )
+
+
+class LinearCrossEntropyParams(LossParams):
+    ignore_index: int | None = Field(
+        None, description="Ignored class-index target; null means -100 for indices (none allowed for probabilities)."
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, le=1.0, description="Amount of label smoothing.")
+    options: ChunkingOptions | None = Field(None, description="Chunked computation; null is torch's reference path.")
+
+
+def _logits_shape(t: Mapping[str, Tensor]) -> tuple[int, ...]:
+    """(*batch, C, d1, ..., dK) for input (*batch, H) and linear_weight (C, d1, ..., dK, H)."""
+    return (*t["input"].shape[:-1], *t["linear_weight"].shape[:-1])
+
+
+def check_linear_cross_entropy(t: Mapping[str, Tensor], p: LinearCrossEntropyParams) -> Sequence[str]:
+    """Input (H) or (N, H), linear_weight (C, ..., H), bias (C, ...), then cross_entropy's target rules."""
+    input, linear_weight, target = t["input"], t["linear_weight"], t["target"]
+    if input.ndim not in (1, 2):
+        raise ShapeMismatch(f"input must have shape (H) or (N, H), got {checks.shape_of(input)}", loc=("input",))
+    if linear_weight.ndim < 2 or linear_weight.shape[-1] != input.shape[-1]:
+        raise ShapeMismatch(
+            f"linear_weight must have shape (C, ..., H) with H={input.shape[-1]} (input's last dimension), "
+            f"got {checks.shape_of(linear_weight)}",
+            loc=("linear_weight",),
+        )
+    if linear_weight.ndim > 2 and input.ndim == 1:
+        raise ShapeMismatch("a K-dimensional linear_weight needs batched input (N, H)", loc=("input",))
+    bias = t.get("linear_bias")
+    if bias is not None and bias.shape != linear_weight.shape[:-1]:
+        raise ShapeMismatch(
+            f"linear_bias must have shape {list(linear_weight.shape[:-1])}, got {checks.shape_of(bias)}",
+            loc=("linear_bias",),
+        )
+    logits = torch.empty(_logits_shape(t), device="meta")
+    c = int(linear_weight.shape[0])
+    if checks.class_targets(logits, target, allow_probabilities=True):
+        if p.ignore_index is not None:
+            raise InvalidRequest(
+                "ignore_index cannot be given when target holds class probabilities", loc=("ignore_index",)
+            )
+    else:
+        checks.class_indices_in_range(target, c, -100 if p.ignore_index is None else p.ignore_index)
+    checks.class_weight(t.get("weight"), c)
+    return []
+
+
+@REGISTRY.loss(
+    "linear_cross_entropy",
+    tensors=(
+        TensorArg("input", "(H) or (N, H): features (in_features H)", grad=True, doc="Inputs of the linear layer."),
+        TensorArg("linear_weight", "(C, H) or (C, d1, ..., dK, H)", grad=True, doc="Weight of the linear layer."),
         TensorArg(
             "target",
-            "(), (N) or (N, d1, ..., dK) class indices in [0, C)",
-            kind=TensorKind.INDEX,
-            doc="Integer class indices.",
+            "class indices of shape (), (N) or (N, d1, ..., dK) in [0, C); or class probabilities of the logits' shape",
+            kind=TensorKind.INDEX_OR_PROBABILITY,
+            grad=True,
+            doc="Integer class indices, or class probabilities (differentiable).",
+            probability_shape=_logits_shape,
         ),
+        TensorArg("linear_bias", "(C) or (C, d1, ..., dK)", grad=True, required=False, doc="Bias of the linear layer."),
+        CLASS_WEIGHT,
+    ),
+    params=LinearCrossEntropyParams,
+    check=check_linear_cross_entropy,
+    torch_ref="torch.nn.functional.linear_cross_entropy",
+    aliases=("LinearCrossEntropyLoss",),
+)
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    linear_bias: Tensor | None,
+    weight: Tensor | None,
+    p: LinearCrossEntropyParams,
+) -> Tensor:
+    """Cross entropy of the logits input @ linear_weight.T + linear_bias, optionally in chunks."""
+    return F.linear_cross_entropy(
+        input,
+        linear_weight,
+        target,
+        linear_bias=linear_bias,
+        weight=weight,
+        reduction=p.reduction,
+        ignore_index=p.ignore_index,
+        label_smoothing=p.label_smoothing,
+        options=p.options.to_torch() if p.options else None,
+    )
+
+
+def check_binary(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
+    """Target of input's shape; weight (and pos_weight) broadcastable to it."""
+    checks.same_shape("target", t["target"], "input", t["input"])
+    for name in ("weight", "pos_weight"):
+        if t.get(name) is not None:
+            checks.broadcastable(name, t[name], "input", t["input"])
+    return []
+
+
+def check_binary_cross_entropy(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
+    """Probabilities in [0, 1] for both input and target (a CUDA kernel asserts on input otherwise)."""
+    check_binary(t, p)
+    checks.unit_interval("input", t["input"])
+    checks.unit_interval("target", t["target"])
+    return []
+
+
+BINARY_WEIGHT = TensorArg("weight", "broadcastable to input", required=False, doc="Rescaling weight per element.")
+
+
+@REGISTRY.loss(
+    "binary_cross_entropy",
+    tensors=(
+        TensorArg("input", "(*): probabilities in [0, 1]", grad=True, doc="Probabilities (e.g. sigmoid output)."),
+        TensorArg("target", "(*), same shape as input, in [0, 1]", grad=True, doc="Target probabilities."),
+        BINARY_WEIGHT,
+    ),
+    check=check_binary_cross_entropy,
+    torch_ref="torch.nn.functional.binary_cross_entropy",
+    aliases=("BCELoss", "bce", "binary_cross_entropy_loss"),
+)
+def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> Tensor:
+    """Binary cross entropy between probabilities: -(t log x + (1 - t) log(1 - x)), log clamped at -100."""
+    return F.binary_cross_entropy(input, target, weight=weight, reduction=p.reduction)
+
+
+@REGISTRY.loss(
+    "binary_cross_entropy_with_logits",
+    tensors=(
+        TensorArg("input", "(*): logits", grad=True, doc="Logits."),
+        TensorArg("target", "(*), same shape as input", grad=True, doc="Target probabilities."),
+        BINARY_WEIGHT,
         TensorArg(
-            "alpha",
-            "() or (C)",
+            "pos_weight",
+            "broadcastable to input, usually (C) for input (N, C)",
             required=False,
-            doc="Class balancing: one factor for every class, or one per class (alpha_t). Omitted: 1.",
+            doc="Weight of positive examples, per class.",
         ),
     ),
-    params=FocalParams,
-    check=check_focal,
-    torch_ref="-alpha_t * (1 - p_t)^gamma * log(p_t), p_t = softmax(input)[target] (Lin et al., 2017)",
+    check=check_binary,
+    torch_ref="torch.nn.functional.binary_cross_entropy_with_logits",
+    aliases=("BCEWithLogitsLoss", "bce_with_logits"),
 )
-def focal(input: Tensor, target: Tensor, alpha: Tensor | None, p: FocalParams) -> Tensor:
-    """Multi-class softmax focal loss: -alpha_t (1 - p_t)^gamma log(p_t), p_t = softmax(input)[target].
+def binary_cross_entropy_with_logits(
+    input: Tensor, target: Tensor, weight: Tensor | None, pos_weight: Tensor | None, p: LossParams
+) -> Tensor:
+    """Sigmoid and binary cross entropy in one numerically stable step."""
+    return F.binary_cross_entropy_with_logits(
+        input, target, weight=weight, reduction=p.reduction, pos_weight=pos_weight
+    )
 
-    log(p_t) comes from log_softmax over the class dimension. Ignored targets contribute 0; `mean`
-    divides the sum by the number of non-ignored targets (not by the sum of alpha_t), so with
-    gamma = 0 and no alpha it equals cross_entropy exactly. (1 - p_t) is computed as -expm1(log p_t)
-    and kept at least the dtype's smallest normal number, so gradients stay finite when 0 < gamma < 1
-    and p_t rounds to 1.
-    """
-    if input.ndim == 1:  # (C) logits with a () target: one sample without a batch dimension
-        loss = focal(input.unsqueeze(0), target.unsqueeze(0), alpha, p)
-        return loss.squeeze(0) if p.reduction == "none" else loss
-    valid = target != p.ignore_index
-    safe_target = torch.where(valid, target, 0)
-    log_pt = F.log_softmax(input, dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
-    one_minus_pt = (-torch.expm1(log_pt)).clamp_min(torch.finfo(log_pt.dtype).tiny)
-    loss = -one_minus_pt.pow(p.gamma) * log_pt
-    if alpha is not None:
-        loss = loss * (alpha if alpha.ndim == 0 else alpha[safe_target])
-    loss = torch.where(valid, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
-    if p.reduction == "none":
-        return loss
-    if p.reduction == "sum":
-        return loss.sum()
-    return loss.sum() / valid.sum()
+
+def check_soft_margin(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
+    """Target of +1/-1 labels, broadcastable with input."""
+    checks.broadcastable("target", t["target"], "input", t["input"])
+    checks.signs("target", t["target"])
+    return []
+
+
+@REGISTRY.loss(
+    "soft_margin",
+    tensors=(
+        TensorArg("input", "(*)", grad=True, doc="Scores."),
+        TensorArg("target", "(*), same shape as input, values 1 or -1", doc="Labels, 1 or -1."),
+    ),
+    check=check_soft_margin,
+    torch_ref="torch.nn.functional.soft_margin_loss",
+    aliases=("SoftMarginLoss",),
+)
+def soft_margin(input: Tensor, target: Tensor, p: LossParams) -> Tensor:
+    """Two-class logistic loss: log(1 + exp(-target * input))."""
+    return F.soft_margin_loss(input, target, reduction=p.reduction)
+
+
+def check_multilabel_margin(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
+    """Target of input's shape; in each row, the indices before the first -1 lie in [0, C)."""
+    input, target = t["input"], t["target"]
+    if input.ndim not in (1, 2):
+        raise ShapeMismatch(f"input must have shape (C) or (N, C), got {checks.shape_of(input)}", loc=("input",))
+    checks.same_shape("target", target, "input", input)
+    before_padding = (target == -1).cumsum(-1) == 0
+    checks.class_indices_in_range(target, int(input.shape[-1]), None, where=before_padding)
+    return []
+
+
+@REGISTRY.loss(
+    "multilabel_margin",
+    tensors=(
+        TensorArg("input", "(C) or (N, C)", grad=True, doc="Scores."),
+        TensorArg(
+            "target",
+            "same shape as input: class indices in [0, C), padded with -1 (entries after the first -1 are ignored)",
+            kind=TensorKind.INDEX,
+            doc="The target classes of each sample, then -1 padding.",
+        ),
+    ),
+    check=check_multilabel_margin,
+    torch_ref="torch.nn.functional.multilabel_margin_loss",
+    aliases=("MultiLabelMarginLoss",),
+)
+def multilabel_margin(input: Tensor, target: Tensor, p: LossParams) -> Tensor:
+    """Multi-class multi-label hinge loss between scores and the set of target classes."""
+    return F.multilabel_margin_loss(input, target, reduction=p.reduction)
+
+
+def check_multilabel_soft_margin(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
+    """Input (N, C) or (C), target of its shape, weight broadcastable (usually (C))."""
+    checks.same_shape("target", t["target"], "input", t["input"])
+    if t.get("weight") is not None:
+        checks.broadcastable("weight", t["weight"], "input", t["input"])
+    return []
+
+
+@REGISTRY.loss(
+    "multilabel_soft_margin",
+    tensors=(
+        TensorArg("input", "(N, C) or (C)", grad=True, doc="Logits per class."),
+        TensorArg("target", "same shape as input, 1 (class present) or 0", doc="Labels, 0 or 1 per class."),
+        TensorArg("weight", "(C), broadcastable to input", required=False, doc="Weight per class."),
+    ),
+    check=check_multilabel_soft_margin,
+    torch_ref="torch.nn.functional.multilabel_soft_margin_loss",
+    aliases=("MultiLabelSoftMarginLoss",),
+)
+def multilabel_soft_margin(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> Tensor:
+    """Multi-label one-versus-all logistic loss, averaged over classes."""
+    return F.multilabel_soft_margin_loss(input, target, weight=weight, reduction=p.reduction)
+
+
+class MultiMarginParams(LossParams):
+    p: Literal[1, 2] = Field(1, description="Exponent of the hinge: 1 or 2.")
+    margin: float = Field(1.0, description="Margin of the hinge.")
+
+
+def check_multi_margin(t: Mapping[str, Tensor], p: MultiMarginParams) -> Sequence[str]:
+    """Input (C) or (N, C), target () or (N) class indices in [0, C), weight (C)."""
+    if t["input"].ndim not in (1, 2):
+        raise ShapeMismatch(f"input must have shape (C) or (N, C), got {checks.shape_of(t['input'])}", loc=("input",))
+    check_class_indices(t, None)
+    return []
+
+
+@REGISTRY.loss(
+    "multi_margin",
+    tensors=(
+        TensorArg("input", "(C) or (N, C)", grad=True, doc="Scores."),
+        TensorArg("target", "() or (N): class indices in [0, C)", kind=TensorKind.INDEX, doc="Integer class indices."),
+        CLASS_WEIGHT,
+    ),
+    params=MultiMarginParams,
+    check=check_multi_margin,
+    torch_ref="torch.nn.functional.multi_margin_loss",
+    aliases=("MultiMarginLoss",),
+)
+def multi_margin(input: Tensor, target: Tensor, weight: Tensor | None, p: MultiMarginParams) -> Tensor:
+    """Multi-class hinge loss: sum over wrong classes of max(0, margin - x[target] + x[i])^p / C."""
+    return F.multi_margin_loss(input, target, p=p.p, margin=p.margin, weight=weight, reduction=p.reduction)

@@ -30,9 +30,9 @@ class TensorKind(StrEnum):
     FLOAT = "float"
     """Real values; read as the dtype of the first float argument that declares one, else float32."""
     INDEX = "index"
-    """Class indices; integers, read as int64 (int32/uint8/... are converted, as torch wants int64)."""
+    """Integers (class indices, lengths), read as int64 (int32/uint8/... are converted, as torch wants int64)."""
     INDEX_OR_PROBABILITY = "index_or_probability"
-    """Class indices, or class probabilities with the shape of `input` (then read like FLOAT)."""
+    """Class indices, or class probabilities (then read like FLOAT): see `TensorArg.probability_shape`."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class TensorArg:
     """Whether torch differentiates the loss with respect to this argument."""
     required: bool = True
     doc: str = ""
+    probability_shape: Callable[[Mapping[str, Tensor]], Sequence[int]] | None = None
+    """INDEX_OR_PROBABILITY only: the shape class probabilities have, from the arguments read before this
+    one. Untyped numbers of exactly that shape are probabilities; any other shape holds class indices."""
 
 
 class LossParams(BaseModel):
@@ -100,16 +103,23 @@ class LossSpec:
 
 @dataclass
 class Registry:
-    """Losses by name. Refuses duplicates; unknown names raise `UnknownLoss` with close matches."""
+    """Losses by name. Refuses duplicates; unknown names raise `UnknownLoss` with close matches.
+
+    Lookup is case-insensitive and also accepts each loss's aliases (torch's functional name and its
+    `torch.nn` class name), so users of either torch API find their loss.
+    """
 
     _specs: dict[str, LossSpec] = field(default_factory=dict)
+    _index: dict[str, LossSpec] = field(default_factory=dict)
 
     def add(self, spec: LossSpec) -> None:
         """Register `spec`; a name or alias already taken is a programming error."""
-        for key in (spec.name, *spec.aliases):
-            if key in self._specs or any(key in s.aliases for s in self._specs.values()):
+        keys = {key.lower() for key in (spec.name, *spec.aliases)}
+        for key in keys:
+            if key in self._index:
                 raise ValueError(f"loss name {key!r} is registered twice")
         self._specs[spec.name] = spec
+        self._index.update(dict.fromkeys(keys, spec))
 
     def loss(
         self,
@@ -121,7 +131,14 @@ class Registry:
         torch_ref: str,
         aliases: Sequence[str] = (),
     ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-        """Decorator declaring a loss. The function's docstring gives the summary (first line) and notes."""
+        """Decorator declaring a loss. The function's docstring gives the summary (first line) and notes.
+
+        `torch_ref` names what the loss equals; when it is a `torch.nn.functional` function whose name
+        differs from `name`, that name becomes an alias too.
+        """
+        functional = torch_ref.removeprefix("torch.nn.functional.")
+        if functional != torch_ref and functional != name:
+            aliases = (functional, *aliases)
 
         def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
             doc = inspect.cleandoc(fn.__doc__ or name)
@@ -144,14 +161,12 @@ class Registry:
         return register
 
     def get(self, name: str) -> LossSpec:
-        """The loss called `name` (or one of its aliases)."""
-        spec = self._specs.get(name)
-        if spec is not None:
-            return spec
-        for spec in self._specs.values():
-            if name in spec.aliases:
-                return spec
-        raise UnknownLoss(name, difflib.get_close_matches(name, list(self._specs), n=3, cutoff=0.5))
+        """The loss called `name` or one of its aliases, in any case."""
+        spec = self._index.get(name.lower())
+        if spec is None:
+            close = difflib.get_close_matches(name.lower(), list(self._index), n=5, cutoff=0.6)
+            raise UnknownLoss(name, list(dict.fromkeys(self._index[key].name for key in close))[:3])
+        return spec
 
     def __iter__(self) -> Iterator[LossSpec]:
         return iter(self._specs.values())

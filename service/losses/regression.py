@@ -1,4 +1,4 @@
-"""Regression losses: elementwise distances between `input` and `target` (l1, mse, smooth_l1)."""
+"""Regression losses: elementwise distances between `input` and `target` (l1, mse, smooth_l1, huber)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def check_elementwise(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
     tensors=(*ELEMENTWISE, WEIGHT),
     check=check_elementwise,
     torch_ref="torch.nn.functional.l1_loss",
+    aliases=("L1Loss",),
 )
 def l1(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> Tensor:
     """Mean absolute error: |input - target|, optionally weighted per element."""
@@ -49,6 +50,7 @@ def l1(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> T
     tensors=(*ELEMENTWISE, WEIGHT),
     check=check_elementwise,
     torch_ref="torch.nn.functional.mse_loss",
+    aliases=("MSELoss",),
 )
 def mse(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> Tensor:
     """Mean squared error: (input - target)^2, optionally weighted per element."""
@@ -65,7 +67,33 @@ class SmoothL1Params(LossParams):
     params=SmoothL1Params,
     check=check_elementwise,
     torch_ref="torch.nn.functional.smooth_l1_loss",
+    aliases=("SmoothL1Loss",),
 )
 def smooth_l1(input: Tensor, target: Tensor, p: SmoothL1Params) -> Tensor:
     """Smooth L1: 0.5 x^2 / beta where |x| < beta, else |x| - 0.5 beta, with x = input - target."""
     return F.smooth_l1_loss(input, target, reduction=p.reduction, beta=p.beta)
+
+
+class HuberParams(LossParams):
+    delta: float = Field(1.0, gt=0, description="Where the loss turns from quadratic to linear.")
+
+
+@REGISTRY.loss(
+    "huber",
+    tensors=(
+        *ELEMENTWISE,
+        TensorArg(
+            "weight",
+            "(*), same shape as input",
+            required=False,
+            doc="Per-element weights (`mean` is their plain mean).",
+        ),
+    ),
+    params=HuberParams,
+    check=check_elementwise,
+    torch_ref="torch.nn.functional.huber_loss",
+    aliases=("HuberLoss",),
+)
+def huber(input: Tensor, target: Tensor, weight: Tensor | None, p: HuberParams) -> Tensor:
+    """Huber: 0.5 x^2 where |x| < delta, else delta (|x| - 0.5 delta), with x = input - target."""
+    return F.huber_loss(input, target, reduction=p.reduction, delta=p.delta, weight=weight)  # type: ignore[call-arg]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.docs import render
@@ -22,7 +23,9 @@ def test_catalog_lists_every_loss_with_its_declaration(client: TestClient) -> No
         assert entry == client.get(f"/v1/losses/{spec.name}").json()
         assert [t["name"] for t in entry["tensors"]] == [t.name for t in spec.tensors]
         assert {t["name"] for t in entry["tensors"] if t["differentiable"]} == set(spec.differentiable)
-        assert entry["reductions"] == ["none", "mean", "sum"]
+        assert entry["reductions"] == list(spec.reductions)
+        assert entry["default_reduction"] in entry["reductions"]
+        assert entry["aliases"] == list(spec.aliases)
         assert entry["parameters"]["additionalProperties"] is False
         assert "upstream gradient of ones" in entry["gradients"]
 
@@ -35,11 +38,62 @@ def test_catalog_parameter_schemas_carry_torch_defaults_and_bounds(client: TestC
     assert props["reduction"]["default"] == "mean"
     target = next(t for t in ce["tensors"] if t["name"] == "target")
     assert target["kind"] == "index_or_probability"
-    assert not target["differentiable"]
+    assert target["differentiable"]  # when it holds probabilities
     beta = client.get("/v1/losses/smooth_l1").json()["parameters"]["properties"]["beta"]
     assert beta["default"] == 1.0
     assert beta["minimum"] == 0
     assert client.get("/v1/losses/focal").json()["parameters"]["properties"]["gamma"]["default"] == 2.0
+
+
+def test_reductions_follow_torch(client: TestClient) -> None:
+    assert client.get("/v1/losses/kl_div").json()["reductions"] == ["none", "batchmean", "sum", "mean"]
+    sigmoid_focal = client.get("/v1/losses/sigmoid_focal").json()
+    assert sigmoid_focal["default_reduction"] == "none"  # torchvision's default
+
+
+@pytest.mark.parametrize(
+    ("alias", "name"),
+    [
+        ("mse_loss", "mse"),
+        ("MSELoss", "mse"),
+        ("mseloss", "mse"),
+        ("CrossEntropyLoss", "cross_entropy"),
+        ("nll_loss", "nll"),
+        ("NLLLoss", "nll"),
+        ("BCEWithLogitsLoss", "binary_cross_entropy_with_logits"),
+        ("BCELoss", "binary_cross_entropy"),
+        ("KLDivLoss", "kl_div"),
+        ("ctc_loss", "ctc"),
+        ("CTCLoss", "ctc"),
+        ("SmoothL1Loss", "smooth_l1"),
+        ("TripletMarginWithDistanceLoss", "triplet_margin_with_distance"),
+        ("LinearCrossEntropyLoss", "linear_cross_entropy"),
+        ("sigmoid_focal_loss", "sigmoid_focal"),
+        ("MSE", "mse"),
+    ],
+)
+def test_aliases_resolve_everywhere(client: TestClient, alias: str, name: str) -> None:
+    assert client.get(f"/v1/losses/{alias}").json()["name"] == name
+
+
+def test_alias_computes_like_its_loss(client: TestClient) -> None:
+    body = {"input": [[0.5, 1.0], [2.0, 3.0]], "target": [[0.0, 1.0], [2.0, 2.0]], "return_grad": True}
+    assert client.post("/v1/losses/MSELoss", json=body).json() == client.post("/v1/losses/mse", json=body).json()
+
+
+def test_no_deprecated_torch_arguments(client: TestClient) -> None:
+    for entry in client.get("/v1/losses").json()["losses"]:
+        assert not {"size_average", "reduce"} & set(entry["parameters"]["properties"]), entry["name"]
+
+
+def test_every_torch_loss_is_served() -> None:
+    """Every loss function of torch.nn.functional is registered (under its name or as an alias)."""
+    import torch.nn.functional as F
+
+    functional = {n for n in dir(F) if n.endswith("_loss")} | {"cross_entropy", "binary_cross_entropy", "kl_div"}
+    functional |= {"binary_cross_entropy_with_logits", "linear_cross_entropy"}
+    for name in functional:
+        REGISTRY.get(name)
 
 
 def test_health(client: TestClient) -> None:

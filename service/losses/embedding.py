@@ -1,0 +1,202 @@
+"""Ranking and embedding losses over pairs and triplets: margin_ranking, hinge_embedding,
+cosine_embedding, triplet_margin, triplet_margin_with_distance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from service.errors import ShapeMismatch
+from service.losses import checks
+from service.losses.registry import REGISTRY, LossParams, TensorArg
+
+SIGNS = "values 1 or -1"
+
+
+class MarginRankingParams(LossParams):
+    margin: float = Field(0.0, description="Margin: how far apart the pair must be before the loss is 0.")
+
+
+def check_margin_ranking(t: Mapping[str, Tensor], p: MarginRankingParams) -> Sequence[str]:
+    """input1, input2 and target of one dimensionality, broadcastable, target +1/-1."""
+    input1, input2, target = t["input1"], t["input2"], t["target"]
+    for name, other in (("input2", input2), ("target", target)):
+        if other.ndim != input1.ndim:
+            raise ShapeMismatch(
+                f"{name} must have as many dimensions as input1 ({input1.ndim}), got shape {checks.shape_of(other)}",
+                loc=(name,),
+            )
+        checks.broadcastable(name, other, "input1", input1)
+    checks.signs("target", target)
+    return []
+
+
+@REGISTRY.loss(
+    "margin_ranking",
+    tensors=(
+        TensorArg("input1", "(N) or ()", grad=True, doc="Scores of the first items."),
+        TensorArg("input2", "same shape as input1", grad=True, doc="Scores of the second items."),
+        TensorArg("target", f"same shape as input1, {SIGNS}", doc="1: input1 should rank higher; -1: input2."),
+    ),
+    params=MarginRankingParams,
+    check=check_margin_ranking,
+    torch_ref="torch.nn.functional.margin_ranking_loss",
+    aliases=("MarginRankingLoss",),
+)
+def margin_ranking(input1: Tensor, input2: Tensor, target: Tensor, p: MarginRankingParams) -> Tensor:
+    """max(0, -target * (input1 - input2) + margin)."""
+    return F.margin_ranking_loss(input1, input2, target, margin=p.margin, reduction=p.reduction)
+
+
+class HingeEmbeddingParams(LossParams):
+    margin: float = Field(1.0, description="Margin for the dissimilar (-1) pairs.")
+
+
+def check_hinge_embedding(t: Mapping[str, Tensor], p: HingeEmbeddingParams) -> Sequence[str]:
+    """Target broadcastable with input, +1/-1."""
+    checks.broadcastable("target", t["target"], "input", t["input"])
+    checks.signs("target", t["target"])
+    return []
+
+
+@REGISTRY.loss(
+    "hinge_embedding",
+    tensors=(
+        TensorArg("input", "(*): distances", grad=True, doc="Distances (e.g. L1 pairwise distance)."),
+        TensorArg("target", f"same shape as input, {SIGNS}", doc="1: similar pair; -1: dissimilar pair."),
+    ),
+    params=HingeEmbeddingParams,
+    check=check_hinge_embedding,
+    torch_ref="torch.nn.functional.hinge_embedding_loss",
+    aliases=("HingeEmbeddingLoss",),
+)
+def hinge_embedding(input: Tensor, target: Tensor, p: HingeEmbeddingParams) -> Tensor:
+    """input where target is 1, max(0, margin - input) where target is -1."""
+    return F.hinge_embedding_loss(input, target, margin=p.margin, reduction=p.reduction)
+
+
+class CosineEmbeddingParams(LossParams):
+    margin: float = Field(
+        0.0, ge=-1.0, le=1.0, description="Margin for dissimilar pairs, in [-1, 1] (0 to 0.5 suggested)."
+    )
+
+
+def check_cosine_embedding(t: Mapping[str, Tensor], p: CosineEmbeddingParams) -> Sequence[str]:
+    """input1, input2 of one shape (N, D) or (D); target (N) or () of +1/-1."""
+    input1, input2, target = t["input1"], t["input2"], t["target"]
+    if input1.ndim not in (1, 2):
+        raise ShapeMismatch(f"input1 must have shape (N, D) or (D), got {checks.shape_of(input1)}", loc=("input1",))
+    checks.same_shape("input2", input2, "input1", input1)
+    if target.shape != input1.shape[:-1]:
+        raise ShapeMismatch(
+            f"target must have shape {list(input1.shape[:-1])} for inputs of shape {checks.shape_of(input1)}, "
+            f"got {checks.shape_of(target)}",
+            loc=("target",),
+        )
+    checks.signs("target", target)
+    return []
+
+
+@REGISTRY.loss(
+    "cosine_embedding",
+    tensors=(
+        TensorArg("input1", "(N, D) or (D)", grad=True, doc="First embeddings."),
+        TensorArg("input2", "same shape as input1", grad=True, doc="Second embeddings."),
+        TensorArg("target", f"(N) or (), {SIGNS}", doc="1: similar pair; -1: dissimilar pair."),
+    ),
+    params=CosineEmbeddingParams,
+    check=check_cosine_embedding,
+    torch_ref="torch.nn.functional.cosine_embedding_loss",
+    aliases=("CosineEmbeddingLoss",),
+)
+def cosine_embedding(input1: Tensor, input2: Tensor, target: Tensor, p: CosineEmbeddingParams) -> Tensor:
+    """1 - cos(input1, input2) for similar pairs, max(0, cos(input1, input2) - margin) for dissimilar ones."""
+    return F.cosine_embedding_loss(input1, input2, target, margin=p.margin, reduction=p.reduction)
+
+
+TRIPLET = (
+    TensorArg("anchor", "(N, D) or (D)", grad=True, doc="Anchor embeddings."),
+    TensorArg("positive", "same shape as anchor", grad=True, doc="Embeddings of the same class as the anchor."),
+    TensorArg("negative", "same shape as anchor", grad=True, doc="Embeddings of another class."),
+)
+
+
+def check_triplet(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
+    """anchor, positive and negative of one dimensionality, broadcastable."""
+    anchor = t["anchor"]
+    for name in ("positive", "negative"):
+        if t[name].ndim != anchor.ndim:
+            raise ShapeMismatch(
+                f"{name} must have as many dimensions as anchor ({anchor.ndim}), got shape {checks.shape_of(t[name])}",
+                loc=(name,),
+            )
+        checks.broadcastable(name, t[name], "anchor", anchor)
+    return []
+
+
+class TripletMarginParams(LossParams):
+    margin: float = Field(1.0, gt=0, description="Required gap between the positive and negative distances.")
+    p: float = Field(2.0, ge=0, description="Norm degree of the pairwise distance.")
+    eps: float = Field(1e-6, ge=0, description="Added to the differences, for numerical stability.")
+    swap: bool = Field(False, description="Use the positive-negative distance when smaller (Balntas et al.).")
+
+
+@REGISTRY.loss(
+    "triplet_margin",
+    tensors=TRIPLET,
+    params=TripletMarginParams,
+    check=check_triplet,
+    torch_ref="torch.nn.functional.triplet_margin_loss",
+    aliases=("TripletMarginLoss",),
+)
+def triplet_margin(anchor: Tensor, positive: Tensor, negative: Tensor, p: TripletMarginParams) -> Tensor:
+    """max(d(a, p) - d(a, n) + margin, 0) with d the p-norm pairwise distance."""
+    return F.triplet_margin_loss(
+        anchor, positive, negative, margin=p.margin, p=p.p, eps=p.eps, swap=p.swap, reduction=p.reduction
+    )
+
+
+def _cosine_distance(x: Tensor, y: Tensor) -> Tensor:
+    return 1.0 - F.cosine_similarity(x, y)
+
+
+DISTANCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "pairwise_distance": F.pairwise_distance,
+    "cosine": _cosine_distance,
+}
+"""The distance functions a client may name (no user code runs): torch's default, and 1 - cosine similarity."""
+
+
+class TripletWithDistanceParams(LossParams):
+    distance_function: Literal["pairwise_distance", "cosine"] | None = Field(
+        None, description="pairwise_distance (torch's default when null) or cosine (1 - cosine similarity)."
+    )
+    margin: float = Field(1.0, gt=0, description="Required gap between the positive and negative distances.")
+    swap: bool = Field(False, description="Use the positive-negative distance when smaller (Balntas et al.).")
+
+
+@REGISTRY.loss(
+    "triplet_margin_with_distance",
+    tensors=TRIPLET,
+    params=TripletWithDistanceParams,
+    check=check_triplet,
+    torch_ref="torch.nn.functional.triplet_margin_with_distance_loss",
+    aliases=("TripletMarginWithDistanceLoss",),
+)
+def triplet_margin_with_distance(
+    anchor: Tensor, positive: Tensor, negative: Tensor, p: TripletWithDistanceParams
+) -> Tensor:
+    """max(d(a, p) - d(a, n) + margin, 0) with a named distance function d."""
+    return F.triplet_margin_with_distance_loss(
+        anchor,
+        positive,
+        negative,
+        distance_function=DISTANCES[p.distance_function] if p.distance_function else None,
+        margin=p.margin,
+        swap=p.swap,
+        reduction=p.reduction,
+    )

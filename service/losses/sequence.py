@@ -1,0 +1,99 @@
+"""Sequence losses: connectionist temporal classification (ctc)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from service.errors import InvalidRequest, ShapeMismatch
+from service.losses import checks
+from service.losses.registry import REGISTRY, LossParams, TensorArg, TensorKind
+
+
+class CtcParams(LossParams):
+    blank: int = Field(0, ge=0, description="Index of the blank label, in [0, C).")
+    zero_infinity: bool = Field(
+        False, description="Replace infinite losses (impossible alignments) and their gradients by 0."
+    )
+
+
+def check_ctc(t: Mapping[str, Tensor], p: CtcParams) -> Sequence[str]:
+    """Lengths consistent with the tensors, used labels in [0, C) and not blank (checked before any kernel)."""
+    log_probs, targets = t["log_probs"], t["targets"]
+    input_lengths, target_lengths = t["input_lengths"], t["target_lengths"]
+    if log_probs.ndim not in (2, 3):
+        raise ShapeMismatch(
+            f"log_probs must have shape (T, N, C) or (T, C), got {checks.shape_of(log_probs)}", loc=("log_probs",)
+        )
+    steps, classes = int(log_probs.shape[0]), int(log_probs.shape[-1])
+    batched = log_probs.ndim == 3
+    lengths_shape = [int(log_probs.shape[1])] if batched else []
+    for name in ("input_lengths", "target_lengths"):
+        if list(t[name].shape) != lengths_shape:
+            raise ShapeMismatch(
+                f"{name} must have shape {lengths_shape} (one length per sequence), got {checks.shape_of(t[name])}",
+                loc=(name,),
+            )
+    if p.blank >= classes:
+        raise InvalidRequest(f"blank must be in [0, C={classes}), got {p.blank}", loc=("blank",))
+    checks.values_where(
+        "input_lengths", input_lengths, (input_lengths < 0) | (input_lengths > steps), f"a length in [0, T={steps}]"
+    )
+    checks.non_negative("target_lengths", target_lengths)
+    if batched and targets.ndim == 1:  # concatenated targets
+        total = int(target_lengths.sum())
+        if targets.numel() != total:
+            raise ShapeMismatch(
+                f"concatenated targets must hold sum(target_lengths) = {total} labels, got {targets.numel()}",
+                loc=("targets",),
+            )
+        used = torch.ones_like(targets, dtype=torch.bool)
+    elif targets.ndim == (2 if batched else 1) and (not batched or targets.shape[0] == log_probs.shape[1]):
+        width = int(targets.shape[-1])
+        checks.values_where(
+            "target_lengths", target_lengths, target_lengths > width, f"at most {width}, the padded targets' length"
+        )
+        used = torch.arange(width) < target_lengths.unsqueeze(-1)
+    else:
+        expected = "(N, S) padded or (sum(target_lengths)) concatenated" if batched else "(S)"
+        raise ShapeMismatch(f"targets must have shape {expected}, got {checks.shape_of(targets)}", loc=("targets",))
+    checks.class_indices_in_range(targets, classes, None, name="targets", where=used)
+    checks.values_where("targets", targets, used & (targets == p.blank), f"a label other than blank ({p.blank})")
+    return []
+
+
+@REGISTRY.loss(
+    "ctc",
+    tensors=(
+        TensorArg(
+            "log_probs", "(T, N, C) or (T, C): log-probabilities over time", grad=True, doc="log_softmax output."
+        ),
+        TensorArg(
+            "targets",
+            "(N, S) padded, (sum(target_lengths)) concatenated, or (S) unbatched: labels in [0, C), not blank",
+            kind=TensorKind.INDEX,
+            doc="Target label sequences.",
+        ),
+        TensorArg("input_lengths", "(N) or (): each in [0, T]", kind=TensorKind.INDEX, doc="Length of each input."),
+        TensorArg("target_lengths", "(N) or ()", kind=TensorKind.INDEX, doc="Length of each target."),
+    ),
+    params=CtcParams,
+    check=check_ctc,
+    torch_ref="torch.nn.functional.ctc_loss",
+    aliases=("CTCLoss",),
+)
+def ctc(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor, p: CtcParams) -> Tensor:
+    """Negative log likelihood of the targets summed over all alignments; `mean` divides by target lengths."""
+    return F.ctc_loss(
+        log_probs,
+        targets,
+        input_lengths,
+        target_lengths,
+        blank=p.blank,
+        reduction=p.reduction,
+        zero_infinity=p.zero_infinity,
+    )
