@@ -26,14 +26,25 @@ def _params(spec: LossSpec) -> str:
     return ", ".join(f"`{name}`={fields[name].default!r}" for name in fields if name != "reduction") or "-"
 
 
+def _reductions(spec: LossSpec) -> str:
+    default = spec.params.model_fields["reduction"].default
+    return ", ".join(f"**{r}**" if r == default else r for r in spec.reductions)
+
+
+def _aliases(spec: LossSpec) -> str:
+    return ", ".join(f"`{a}`" for a in spec.aliases)
+
+
 def loss_table() -> str:
     """The markdown table of every registered loss."""
     rows = [
-        "| loss | tensors (`?` optional, ∂ differentiable) | parameters (default) | reductions | same as |",
-        "|---|---|---|---|---|",
+        "| loss | tensors (`?` optional, ∂ differentiable) | parameters (default) | reductions (**default**) "
+        "| same as | aliases |",
+        "|---|---|---|---|---|---|",
     ]
     rows += [
-        f"| `{s.name}` | {_tensors(s)} | {_params(s)} | {', '.join(s.reductions)} | `{s.torch_ref}` |" for s in REGISTRY
+        f"| `{s.name}` | {_tensors(s)} | {_params(s)} | {_reductions(s)} | `{s.torch_ref}` | {_aliases(s)} |"
+        for s in REGISTRY
     ]
     return "\n".join(rows)
 
