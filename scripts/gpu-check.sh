@@ -10,7 +10,8 @@ if [ -x .venv/bin/python ]; then
 else
   PY=${PYTHON:-python3}
   if [ -d .whl ]; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lossd-site .whl/*.whl || exit 1
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/lossd-site \
+      .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/lossd-site:$PWD"
   fi
 fi

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from service.losses import REGISTRY
 from tests import wire
-from tests.cases import CASES, Case, reference
+from tests.cases import CASES, FUNCTIONAL, Case, reference
 
 FORMS = {
     "nested-float32": torch.float32,
@@ -61,6 +61,8 @@ def test_every_loss_has_cases() -> None:
 
 @pytest.mark.parametrize(("name", "case", "reduction", "form"), PARAMS)
 def test_matches_torch(client: TestClient, name: str, case: Case, reduction: str, form: str) -> None:
+    if name in FUNCTIONAL and FUNCTIONAL[name] is None:
+        pytest.skip(f"this torch ({torch.__version__}) has no {name}")
     spec = REGISTRY.get(name)
     dtype = FORMS[form]
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in case.tensors.items()}
