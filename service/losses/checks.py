@@ -8,6 +8,8 @@ that poisons the process's CUDA context.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor
 
@@ -127,6 +129,13 @@ def values_where(name: str, t: Tensor, bad: Tensor, expected: str) -> None:
 def signs(name: str, t: Tensor) -> None:
     """Targets that torch reads as +1/-1 labels must be exactly 1 or -1."""
     values_where(name, t, (t != 1) & (t != -1), "1 or -1")
+
+
+def sign_target(t: Mapping[str, Tensor], p: object) -> Sequence[str]:
+    """A whole `check` for losses whose target holds +1/-1 labels broadcastable with `input`."""
+    broadcastable("target", t["target"], "input", t["input"])
+    signs("target", t["target"])
+    return []
 
 
 def unit_interval(name: str, t: Tensor) -> None:

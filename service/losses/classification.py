@@ -302,20 +302,13 @@ def binary_cross_entropy_with_logits(
     )
 
 
-def check_soft_margin(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
-    """Target of +1/-1 labels, broadcastable with input."""
-    checks.broadcastable("target", t["target"], "input", t["input"])
-    checks.signs("target", t["target"])
-    return []
-
-
 @REGISTRY.loss(
     "soft_margin",
     tensors=(
         TensorArg("input", "(*)", grad=True, doc="Scores."),
         TensorArg("target", "(*), same shape as input, values 1 or -1", doc="Labels, 1 or -1."),
     ),
-    check=check_soft_margin,
+    check=checks.sign_target,
     torch_ref="torch.nn.functional.soft_margin_loss",
     aliases=("SoftMarginLoss",),
 )

@@ -56,13 +56,6 @@ class HingeEmbeddingParams(LossParams):
     margin: float = Field(1.0, description="Margin for the dissimilar (-1) pairs.")
 
 
-def check_hinge_embedding(t: Mapping[str, Tensor], p: HingeEmbeddingParams) -> Sequence[str]:
-    """Target broadcastable with input, +1/-1."""
-    checks.broadcastable("target", t["target"], "input", t["input"])
-    checks.signs("target", t["target"])
-    return []
-
-
 @REGISTRY.loss(
     "hinge_embedding",
     tensors=(
@@ -70,7 +63,7 @@ def check_hinge_embedding(t: Mapping[str, Tensor], p: HingeEmbeddingParams) -> S
         TensorArg("target", f"same shape as input, {SIGNS}", doc="1: similar pair; -1: dissimilar pair."),
     ),
     params=HingeEmbeddingParams,
-    check=check_hinge_embedding,
+    check=checks.sign_target,
     torch_ref="torch.nn.functional.hinge_embedding_loss",
     aliases=("HingeEmbeddingLoss",),
 )
