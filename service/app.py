@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from service import __version__, schemas
-from service.api import health, problems, v1
+from service.api import health, problems, v1, v2
 from service.api.deps import AppState
 from service.compute import resolve_device
 from service.config import Settings
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(health.router)
     app.include_router(v1.build_router(REGISTRY, plane.models))
+    app.include_router(v2.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

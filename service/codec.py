@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import math
+import zlib
 from typing import Any, Literal
 
 import numpy as np
@@ -23,7 +25,7 @@ import torch
 from torch import Tensor
 
 from service.compute import RawTensor
-from service.errors import InvalidTensor, Loc, MalformedBody
+from service.errors import InvalidTensor, Loc, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from service.losses.registry import TensorKind
 
 Encoding = Literal["json", "base64"]
@@ -90,22 +92,24 @@ def _decode_flat(obj: dict[str, Any], name: str) -> RawTensor:
     flat = _nested_to_tensor(data, (name, "data"))
     if flat.ndim != 1:
         raise InvalidTensor(f"{name}.data must be a flat array; put the dimensions in 'shape'", loc=(name, "data"))
-    shape = _shape(obj, name, default=list(flat.shape))
+    tensor = _reshape(flat, _shape(obj.get("shape", list(flat.shape)), name), name)
+    if "dtype" not in obj:
+        return RawTensor(tensor, typed=False)
+    return RawTensor(_cast(tensor, _dtype(obj["dtype"], name), (name, "data")), typed=True)
+
+
+def _reshape(flat: Tensor, shape: list[int], name: str) -> Tensor:
     if math.prod(shape) != flat.numel():
         raise InvalidTensor(
             f"{name}: shape {shape} holds {math.prod(shape)} elements but data has {flat.numel()}", loc=(name, "shape")
         )
-    tensor = flat.reshape(shape)
-    if "dtype" not in obj:
-        return RawTensor(tensor, typed=False)
-    dtype = _dtype(obj, name)
-    return RawTensor(_cast(tensor, dtype, (name, "data")), typed=True)
+    return flat.reshape(shape)
 
 
 def _decode_b64(obj: dict[str, Any], name: str, kind: TensorKind) -> RawTensor:
     _only_keys(obj, name, {"b64", "shape", "dtype"})
     if "dtype" in obj:
-        dtype = _dtype(obj, name)
+        dtype = _dtype(obj["dtype"], name)
     elif kind in _DEFAULT_TYPED:
         dtype = _DEFAULT_TYPED[kind]
     else:
@@ -126,15 +130,22 @@ def _decode_b64(obj: dict[str, Any], name: str, kind: TensorKind) -> RawTensor:
             f"{name}: {len(raw)} bytes is not a whole number of {DTYPE_NAMES[dtype]} elements ({itemsize} bytes each)",
             loc=(name, "b64"),
         )
-    shape = _shape(obj, name, default=[len(raw) // itemsize])
+    shape = _shape(obj.get("shape", [len(raw) // itemsize]), name)
+    return RawTensor(from_bytes(raw, dtype, shape, (name, "b64")), typed=True)
+
+
+def from_bytes(raw: bytes | memoryview, dtype: torch.dtype, shape: list[int], loc: Loc) -> Tensor:
+    """Little-endian row-major bytes as a tensor of `shape`, without a per-element loop."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
     if math.prod(shape) * itemsize != len(raw):
         raise InvalidTensor(
-            f"{name}: shape {shape} of {DTYPE_NAMES[dtype]} needs {math.prod(shape) * itemsize} bytes, got {len(raw)}",
-            loc=(name, "b64"),
+            f"{_dotted(loc)}: shape {shape} of {DTYPE_NAMES[dtype]} needs {math.prod(shape) * itemsize} bytes, "
+            f"got {len(raw)}",
+            loc=loc,
         )
     if not raw:
-        return RawTensor(torch.empty(shape, dtype=dtype), typed=True)
-    return RawTensor(torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape), typed=True)
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
 
 
 def _only_keys(obj: dict[str, Any], name: str, allowed: set[str]) -> None:
@@ -143,17 +154,14 @@ def _only_keys(obj: dict[str, Any], name: str, allowed: set[str]) -> None:
             raise InvalidTensor(f"{name}: unknown tensor field {key!r}; expected {sorted(allowed)}", loc=(name, key))
 
 
-def _dtype(obj: dict[str, Any], name: str) -> torch.dtype:
-    dtype = DTYPES.get(obj["dtype"]) if isinstance(obj["dtype"], str) else None
+def _dtype(value: Any, name: str) -> torch.dtype:
+    dtype = DTYPES.get(value) if isinstance(value, str) else None
     if dtype is None:
-        raise InvalidTensor(
-            f"{name}: unknown dtype {obj['dtype']!r}; expected one of {list(DTYPES)}", loc=(name, "dtype")
-        )
+        raise InvalidTensor(f"{name}: unknown dtype {value!r}; expected one of {list(DTYPES)}", loc=(name, "dtype"))
     return dtype
 
 
-def _shape(obj: dict[str, Any], name: str, default: list[int]) -> list[int]:
-    shape = obj.get("shape", default)
+def _shape(shape: Any, name: str) -> list[int]:
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_DIMS
@@ -171,8 +179,8 @@ def _shape(obj: dict[str, Any], name: str, default: list[int]) -> list[int]:
 def _cast(t: Tensor, dtype: torch.dtype, loc: Loc) -> Tensor:
     """Convert JSON-read values to a declared dtype, refusing values that dtype cannot hold."""
     if not dtype.is_floating_point:
-        info = torch.iinfo(dtype)
-        bad = (t < info.min) | (t > info.max)
+        low, high = (0, 1) if dtype == torch.bool else (torch.iinfo(dtype).min, torch.iinfo(dtype).max)
+        bad = (t < low) | (t > high)
         if t.is_floating_point():
             bad |= ~torch.isfinite(t) | (t != t.trunc())
         if bool(bad.any()):
@@ -299,3 +307,99 @@ def _with_tokens(array: np.ndarray) -> Any:
     out[np.isposinf(array)] = "Infinity"
     out[np.isneginf(array)] = "-Infinity"
     return out.item() if array.ndim == 0 else out.tolist()
+
+
+# --- the Open Inference Protocol (KServe v2 / Triton) ----------------------------------------------
+
+V2_DATATYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "UINT8": torch.uint8,
+    "INT8": torch.int8,
+    "INT16": torch.int16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "FP16": torch.float16,
+    "BF16": torch.bfloat16,
+    "FP32": torch.float32,
+    "FP64": torch.float64,
+}
+"""The protocol's datatypes lossd reads and writes (BYTES, strings, has no place in a loss)."""
+
+V2_NAMES: dict[torch.dtype, str] = {v: k for k, v in V2_DATATYPES.items()}
+
+
+def decode_v2(name: str, datatype: str, shape: Any, data: Any, raw: bytes | memoryview | None) -> RawTensor:
+    """One v2 input: JSON `data` (row-major, flat or nested) or its binary bytes, of `datatype` and `shape`."""
+    dtype = V2_DATATYPES.get(datatype)
+    if dtype is None:
+        raise InvalidTensor(
+            f"{name}: unsupported datatype {datatype!r}; expected one of {list(V2_DATATYPES)}", loc=(name, "datatype")
+        )
+    dims = _shape(shape, name)
+    if raw is not None:
+        return RawTensor(from_bytes(raw, dtype, dims, (name, "binary_data_size")), typed=True)
+    if data is None:
+        raise InvalidTensor(f"{name}: needs 'data', or binary data with a 'binary_data_size' parameter", loc=(name,))
+    flat = _nested_to_tensor(data, (name, "data")).reshape(-1)
+    return RawTensor(_cast(_reshape(flat, dims, name), dtype, (name, "data")), typed=True)
+
+
+def encode_v2(name: str, t: Tensor, binary: bool) -> tuple[dict[str, Any], bytes]:
+    """One v2 output: its JSON object, and its bytes when it travels as binary data (else b"")."""
+    out: dict[str, Any] = {"name": name, "datatype": V2_NAMES[t.dtype], "shape": list(t.shape)}
+    if binary:
+        raw = tensor_bytes(t)
+        out["parameters"] = {"binary_data_size": len(raw)}
+        return out, raw
+    data = encode_tensor(t.reshape(-1))
+    out["data"] = data if isinstance(data, list | np.ndarray) else [data]
+    return out, b""
+
+
+def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """A body with the binary extension: the JSON header (Inference-Header-Content-Length bytes), then data."""
+    if header_length is None:
+        return body, memoryview(b"")
+    if not header_length.strip().isdigit() or int(header_length) > len(body):
+        raise MalformedBody(
+            f"Inference-Header-Content-Length must be a byte count of at most the body's {len(body)}, "
+            f"got {header_length!r}"
+        )
+    size = int(header_length)
+    return body[:size], memoryview(body)[size:]
+
+
+# --- content encodings -----------------------------------------------------------------------------
+
+CONTENT_ENCODINGS = ("gzip", "deflate", "identity")
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A request body without its Content-Encoding (gzip, deflate), never inflated beyond `limit` bytes."""
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        return body
+    if name not in CONTENT_ENCODINGS:
+        raise UnsupportedMediaType(
+            f"unsupported content-encoding {encoding!r}; expected gzip, deflate or identity", loc=("content-encoding",)
+        )
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if name == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise MalformedBody(f"the {name} body cannot be decompressed: {exc}") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"the decompressed body exceeds the limit of {limit} bytes", limit=limit)
+    if not inflater.eof:
+        raise MalformedBody(f"the {name} body is truncated")
+    return out
+
+
+def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
+    """`body` compressed with the first of gzip or deflate that `accept_encoding` allows (or as is)."""
+    accepted = {part.split(";")[0].strip().lower() for part in (accept_encoding or "").split(",")}
+    if "gzip" in accepted:
+        return gzip.compress(body, compresslevel=1), "gzip"
+    if "deflate" in accepted:
+        return zlib.compress(body, 1), "deflate"
+    return body, None

@@ -72,6 +72,8 @@ def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _as_indices(name: str, raw: RawTensor, cast: Cast) -> Tensor:
     t = raw.tensor
+    if t.dtype == torch.bool:  # 0/1 labels, as torch's .long() reads them
+        return cast(t, torch.int64)
     if t.is_floating_point():
         if raw.typed:
             raise DtypeMismatch(
@@ -91,7 +93,7 @@ def _as_indices(name: str, raw: RawTensor, cast: Cast) -> Tensor:
 
 def _as_floats(name: str, raw: RawTensor, dtype: torch.dtype, cast: Cast) -> Tensor:
     t = raw.tensor
-    if raw.typed:
+    if raw.typed and t.dtype != torch.bool:  # booleans (0/1 labels) take the float dtype like untyped numbers
         if not t.is_floating_point():
             raise DtypeMismatch(
                 f"{name} needs a floating dtype (float16, bfloat16, float32, float64), got {checks.dtype_name(t)}",

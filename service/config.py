@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(4, ge=1)
     """Requests decoded and computed at the same time per worker (the rest wait their turn)."""
 
+    max_body_bytes: int = Field(64 * 2**20, ge=1024)
+    """Largest request body accepted, in bytes, also after decompressing a gzip or deflate body (413 beyond)."""
+
     torch_threads: int = Field(0, ge=0)
     """Intra-op threads for torch on CPU; 0 keeps torch's default (one per core)."""
 

@@ -35,17 +35,17 @@ class DataPlane:
 
     def loss(self, spec: LossSpec, body: bytes) -> bytes:
         """Evaluate one `POST /v1/losses/{name}` body; returns the JSON response body."""
-        request = self._validate(self.models[spec.name], _json_object(body))
+        request = self.validate(self.models[spec.name], _json_object(body))
         raw = {
             arg.name: codec.decode_tensor(value, arg.name, arg.kind)
             for arg in spec.tensors
             if (value := getattr(request, arg.name)) is not None
         }
-        return codec.dumps(self._run(spec, request, raw))
+        return codec.dumps(encode_result(self.run(spec, request, raw), request.output_encoding))
 
     def evaluate(self, body: bytes, describe: Describe) -> bytes:
         """Evaluate a `POST /v1/evaluate` body: every entry in order, each a result or its own problem."""
-        request = self._validate(schemas.EvaluateRequest, _json_object(body))
+        request = self.validate(schemas.EvaluateRequest, _json_object(body))
         assert isinstance(request, schemas.EvaluateRequest)
         pool = _Pool(request.tensors, self.device)
         results: list[dict[str, Any]] = []
@@ -85,24 +85,26 @@ class DataPlane:
         where = {**{arg: ("tensors", key) for arg, key in given.items()}, **{k: ("tensors", k) for k in given.values()}}
         fields = {"return_grad": request.return_grad, "output_encoding": request.output_encoding, **extra}
         try:
-            params = self._validate(self.models[spec.name], fields | dict.fromkeys(given, True))
+            params = self.validate(self.models[spec.name], fields | dict.fromkeys(given, True))
             raw = {arg.name: pool.raw(given[arg.name], arg.kind) for arg in spec.tensors if arg.name in given}
-            return {"name": spec.name, "status": 200, **self._run(spec, params, raw, pool)}
+            result = self.run(spec, params, raw, pool)
+            return {"name": spec.name, "status": 200, **encode_result(result, params.output_encoding)}
         except LossdError as exc:
             exc.errors = [_relocate(d, where, here) for d in exc.errors]
             raise
 
-    def _run(
+    def run(
         self, spec: LossSpec, request: LossParams, raw: Mapping[str, compute.RawTensor], pool: _Pool | None = None
-    ) -> dict[str, Any]:
+    ) -> compute.LossResult:
+        """The shared core of every protocol: dtypes by kind, then checks, loss and gradients on the device."""
         assert isinstance(request, schemas.RequestOptions)
         tensors = compute.prepare(spec, raw, pool.cast) if pool else compute.prepare(spec, raw)
         grad_wrt = _grad_wrt(spec, request.return_grad, tensors)
-        result = compute.compute(spec, tensors, request, grad_wrt, self.device, pool.place if pool else None)
-        return encode_result(result, request.output_encoding)
+        return compute.compute(spec, tensors, request, grad_wrt, self.device, pool.place if pool else None)
 
     @staticmethod
-    def _validate(model: type[BaseModel], payload: dict[str, Any]) -> Any:
+    def validate(model: type[BaseModel], payload: dict[str, Any]) -> Any:
+        """`payload` validated by `model`; a failure is an InvalidRequest naming each field."""
         try:
             return model.model_validate(payload)
         except ValidationError as exc:

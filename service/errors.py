@@ -49,7 +49,14 @@ class UnsupportedMediaType(LossdError):
     title = "Unsupported media type"
 
 
-class UnknownLoss(LossdError):
+class NotFound(LossdError):
+    """The path names something that does not exist (a model version, ...)."""
+
+    slug = "not-found"
+    title = "Not found"
+
+
+class UnknownLoss(NotFound):
     """No loss of that name is registered; `suggestions` holds close matches."""
 
     slug = "unknown-loss"
@@ -104,6 +111,18 @@ class TorchRejected(LossdError):
     title = "Rejected by torch"
 
 
+class PayloadTooLarge(LossdError):
+    """The body (after decompression) is larger than the server accepts; `limit` and `actual` say by how much."""
+
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+    def __init__(self, detail: str, *, limit: int, actual: int | None = None):
+        super().__init__(detail, loc=())
+        self.limit = limit
+        self.actual = actual
+
+
 class ResourceExhausted(LossdError):
     """The server ran out of memory for this request; a smaller request or a later retry may succeed."""
 
@@ -114,6 +133,7 @@ class ResourceExhausted(LossdError):
 ALL_ERRORS: tuple[type[LossdError], ...] = (
     MalformedBody,
     UnsupportedMediaType,
+    NotFound,
     UnknownLoss,
     InvalidRequest,
     InvalidTensor,
@@ -121,6 +141,7 @@ ALL_ERRORS: tuple[type[LossdError], ...] = (
     ShapeMismatch,
     ValueOutOfRange,
     TorchRejected,
+    PayloadTooLarge,
     ResourceExhausted,
 )
 """Every concrete error class, for the problem table and the problem-type documentation route."""

@@ -25,6 +25,8 @@ from service.errors import (
     InvalidTensor,
     LossdError,
     MalformedBody,
+    NotFound,
+    PayloadTooLarge,
     ResourceExhausted,
     ShapeMismatch,
     TorchRejected,
@@ -40,6 +42,7 @@ PROBLEM_JSON = "application/problem+json"
 STATUS: dict[type[LossdError], tuple[int, str]] = {
     MalformedBody: (400, "body"),
     UnsupportedMediaType: (415, "header"),
+    NotFound: (404, "path"),
     UnknownLoss: (404, "path"),
     InvalidRequest: (422, "body"),
     InvalidTensor: (422, "body"),
@@ -47,6 +50,7 @@ STATUS: dict[type[LossdError], tuple[int, str]] = {
     ShapeMismatch: (422, "body"),
     ValueOutOfRange: (422, "body"),
     TorchRejected: (422, "body"),
+    PayloadTooLarge: (413, "body"),
     ResourceExhausted: (503, "body"),
 }
 """Status code of each domain error, and where its `loc` points (the first element of every loc)."""
@@ -63,14 +67,11 @@ def problem(status: int, slug: str, title: str, detail: str, errors: list[dict[s
 def problem_body(exc: LossdError) -> dict[str, Any]:
     """The RFC 9457 document for a domain error (also one failed entry of /v1/evaluate)."""
     status, where = STATUS[type(exc)]
-    errors = [_detail(where, d) for d in exc.errors]
-    return {
-        "type": f"/problems/{exc.slug}",
-        "title": exc.title,
-        "status": status,
-        "detail": exc.detail,
-        "errors": errors,
-    }
+    body = {"type": f"/problems/{exc.slug}", "title": exc.title, "status": status, "detail": exc.detail}
+    body["errors"] = [_detail(where, d) for d in exc.errors]
+    if isinstance(exc, PayloadTooLarge):  # RFC 9457 extension members: the limit and what was sent
+        body |= {"limit": exc.limit} | ({"actual": exc.actual} if exc.actual is not None else {})
+    return body
 
 
 def error_response(exc: LossdError) -> Response:

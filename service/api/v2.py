@@ -1,0 +1,128 @@
+"""The Open Inference Protocol's REST routes (KServe v2 / Triton). Routes only do HTTP things.
+
+Errors follow the protocol: `{"error": "<message>"}` with 400 for a bad request (the message is the v1
+API's, word for word), 404 for an unknown model or version, 413, 415 and 503 as in v1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from service import oip
+from service.api.deps import AppState, StateDep
+from service.codec import compress, decompress
+from service.errors import LossdError, NotFound, PayloadTooLarge, ResourceExhausted, UnsupportedMediaType
+from service.losses.registry import LossSpec
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+
+STATUS: dict[type[LossdError], int] = {
+    NotFound: 404,
+    UnsupportedMediaType: 415,
+    PayloadTooLarge: 413,
+    ResourceExhausted: 503,
+}
+"""Any other domain error is the protocol's 400."""
+
+BINARY_TYPES = ("application/octet-stream", "application/vnd.sagemaker-triton.binary+json")
+
+
+def error(exc: LossdError) -> JSONResponse:
+    """The protocol's error body."""
+    status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
+    return JSONResponse({"error": exc.detail}, status_code=status)
+
+
+def _model(state: AppState, name: str, version: str | None) -> LossSpec:
+    spec = state.plane.registry.get(name)
+    if version is not None and version != oip.VERSION:
+        raise NotFound(
+            f"model {name!r} has no version {version!r}; its only version is {oip.VERSION}", loc=("version",)
+        )
+    return spec
+
+
+@router.get("", operation_id="v2-server-metadata")
+async def server_metadata() -> dict[str, Any]:
+    """Server metadata: name, version, extensions."""
+    return oip.server_metadata()
+
+
+@router.get("/health/live", operation_id="v2-server-live")
+async def server_live() -> dict[str, bool]:
+    """The server is alive."""
+    return {"live": True}
+
+
+@router.get("/health/ready", operation_id="v2-server-ready", responses={503: {"description": "Not ready"}})
+async def server_ready(state: StateDep) -> JSONResponse:
+    """The server is ready: registry loaded, device usable."""
+    try:
+        ready = await state.offload(state.plane.ready)
+    except Exception:  # any device failure means not ready
+        ready = False
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+@router.get("/models/{name}", operation_id="v2-model-metadata")
+@router.get("/models/{name}/versions/{version}", operation_id="v2-model-version-metadata")
+async def model_metadata(state: StateDep, name: str, version: str | None = None) -> Response:
+    """A loss as a model: its inputs (torch's argument names) and outputs (loss, grad_<argument>)."""
+    try:
+        return JSONResponse(oip.model_metadata(_model(state, name, version)))
+    except LossdError as exc:
+        return error(exc)
+
+
+@router.get("/models/{name}/ready", operation_id="v2-model-ready")
+@router.get("/models/{name}/versions/{version}/ready", operation_id="v2-model-version-ready")
+async def model_ready(state: StateDep, name: str, version: str | None = None) -> Response:
+    """Every registered loss is ready as soon as the server is."""
+    try:
+        return JSONResponse({"name": _model(state, name, version).name, "ready": True})
+    except LossdError as exc:
+        return error(exc)
+
+
+@router.post("/models/{name}/infer", operation_id="v2-model-infer")
+@router.post("/models/{name}/versions/{version}/infer", operation_id="v2-model-version-infer")
+async def infer(request: Request, state: StateDep, name: str, version: str | None = None) -> Response:
+    """Compute a loss (and the requested gradients) from JSON or binary tensors."""
+    try:
+        spec = _model(state, name, version)
+        _require_body_type(request)
+        body = await request.body()
+        limit = state.settings.max_body_bytes
+        out, header_length = await state.offload(
+            _infer, state, spec, body, request.headers.get("content-encoding"), request.headers, limit
+        )
+    except LossdError as exc:
+        return error(exc)
+    out, encoding = compress(out, request.headers.get("accept-encoding")) if len(out) >= 1024 else (out, None)
+    headers = {"Content-Encoding": encoding} if encoding else {}
+    if header_length is None:
+        return Response(out, media_type="application/json", headers=headers)
+    headers["Inference-Header-Content-Length"] = str(header_length)
+    return Response(out, media_type="application/octet-stream", headers=headers)
+
+
+def _infer(
+    state: AppState, spec: LossSpec, body: bytes, encoding: str | None, headers: Any, limit: int
+) -> tuple[bytes, int | None]:
+    plain = decompress(body, encoding, limit)
+    return oip.infer(state.plane, spec, plain, headers.get("inference-header-content-length"))
+
+
+def _require_body_type(request: Request) -> None:
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json") and media_type not in BINARY_TYPES:
+        raise UnsupportedMediaType(
+            f"expected content-type application/json or application/octet-stream, got {media_type!r}",
+            loc=("content-type",),
+        )

@@ -1,0 +1,162 @@
+"""The Open Inference Protocol (KServe v2, Triton) without HTTP: every loss is a model.
+
+A loss's tensor arguments are the model's inputs (torch's names), its parameters travel in the
+request-level `parameters`, and its outputs are `loss` and `grad_<argument>` for each differentiable
+argument; asking for a `grad_*` output is how a v2 client asks for a gradient. Requests and responses
+may carry tensors as JSON or as binary data after the JSON header (Triton's binary tensor data
+extension). Validation and compute are the data plane's, shared with v1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service import __version__, codec
+from service.compute import RawTensor
+from service.dataplane import DataPlane
+from service.errors import InvalidRequest, InvalidTensor
+from service.losses.registry import LossSpec, TensorKind
+
+VERSION = "1"
+"""Every loss is a model with one version."""
+
+RESERVED_PARAMETERS = {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"}
+"""Request parameters of the protocol itself (Triton's), which are not loss parameters."""
+
+_METADATA_DATATYPE = {
+    TensorKind.FLOAT: "FP32",
+    TensorKind.INDEX: "INT64",
+    TensorKind.INDEX_OR_PROBABILITY: "INT64",
+}
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any = None
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    """`$inference_request` of the protocol."""
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+def server_metadata() -> dict[str, Any]:
+    """`GET /v2`."""
+    return {"name": "lossd", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+def output_names(spec: LossSpec) -> list[str]:
+    return ["loss", *(f"grad_{name}" for name in spec.differentiable)]
+
+
+def model_metadata(spec: LossSpec) -> dict[str, Any]:
+    """`GET /v2/models/{loss}`: inputs named as torch names them; -1 marks a dimension of any size.
+
+    The rank is free too (shape [-1]); the v1 catalog gives each argument's shape rule in words.
+    Class-index inputs are INT64 (INT32, INT16, INT8, UINT8 and BOOL are converted), float inputs FP32
+    (FP16, BF16 and FP64 are computed in their own dtype).
+    """
+    return {
+        "name": spec.name,
+        "versions": [VERSION],
+        "platform": "pytorch",
+        "inputs": [
+            {"name": arg.name, "datatype": _METADATA_DATATYPE[arg.kind], "shape": [-1], "optional": not arg.required}
+            for arg in spec.tensors
+        ],
+        "outputs": [{"name": name, "datatype": "FP32", "shape": [-1]} for name in output_names(spec)],
+    }
+
+
+def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | None) -> tuple[bytes, int | None]:
+    """`POST /v2/models/{loss}/infer`: the response body, and its JSON header's length when binary follows."""
+    header, binary = codec.split_binary(body, header_length)
+    payload = codec.loads(header)
+    if not isinstance(payload, dict):
+        raise InvalidRequest("the inference request must be a JSON object")
+    request = plane.validate(InferenceRequest, payload)
+    assert isinstance(request, InferenceRequest)
+    parameters = dict(request.parameters or {})
+    binary_default = parameters.get("binary_data_output") is True
+    outputs = request.outputs or [RequestOutput(name="loss")]
+    wanted = _wanted_outputs(spec, outputs)
+    raw = _inputs(spec, request.inputs, binary)
+    for name in wanted:
+        if name.startswith("grad_") and name[5:] not in raw:
+            raise InvalidRequest(f"output {name!r} needs input {name[5:]!r}, which the request does not give")
+    fields = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS and not k.startswith("triton_")}
+    fields |= {"return_grad": [name[5:] for name in wanted if name != "loss"]} | dict.fromkeys(raw, True)
+    result = plane.run(spec, plane.validate(plane.models[spec.name], fields), raw)
+    tensors = {"loss": result.loss} | {f"grad_{name}": grad for name, grad in result.grads.items()}
+    response: dict[str, Any] = {"model_name": spec.name, "model_version": VERSION}
+    if request.id is not None:
+        response["id"] = request.id
+    if result.warnings:
+        response["parameters"] = {"warnings": " ".join(result.warnings)}
+    response["outputs"] = []
+    blobs: list[bytes] = []
+    for output in outputs:
+        binary_output = (output.parameters or {}).get("binary_data", binary_default) is True
+        encoded, blob = codec.encode_v2(output.name, tensors[output.name], binary_output)
+        response["outputs"].append(encoded)
+        blobs.append(blob)
+    head = codec.dumps(response)
+    return (head + b"".join(blobs), len(head)) if any(blobs) else (head, None)
+
+
+def _wanted_outputs(spec: LossSpec, outputs: list[RequestOutput]) -> list[str]:
+    known = output_names(spec)
+    names = [output.name for output in outputs]
+    for i, name in enumerate(names):
+        if name not in known:
+            raise InvalidRequest(
+                f"model {spec.name} has no output {name!r}; its outputs are {', '.join(known)}", loc=("outputs", i)
+            )
+        if names.index(name) != i:
+            raise InvalidRequest(f"output {name!r} is requested twice", loc=("outputs", i))
+    return names
+
+
+def _inputs(spec: LossSpec, inputs: list[RequestInput], binary: memoryview) -> dict[str, RawTensor]:
+    """Each input read from its JSON data or its slice of the binary data, in request order."""
+    args = {arg.name: arg for arg in spec.tensors}
+    raw: dict[str, RawTensor] = {}
+    offset = 0
+    for i, item in enumerate(inputs):
+        if item.name not in args:
+            raise InvalidRequest(
+                f"model {spec.name} has no input {item.name!r}; its inputs are {', '.join(args)}", loc=("inputs", i)
+            )
+        if item.name in raw:
+            raise InvalidRequest(f"input {item.name!r} is given twice", loc=("inputs", i))
+        size = (item.parameters or {}).get("binary_data_size")
+        chunk = None
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+                raise InvalidTensor(
+                    f"{item.name}: binary_data_size {size!r} does not fit the {len(binary) - offset} bytes of binary "
+                    "data left after the JSON header",
+                    loc=(item.name, "binary_data_size"),
+                )
+            chunk, offset = binary[offset : offset + size], offset + size
+        raw[item.name] = codec.decode_v2(item.name, item.datatype, item.shape, item.data, chunk)
+    if offset != len(binary):
+        raise InvalidRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
+    for name, arg in args.items():
+        if arg.required and name not in raw:
+            raise InvalidRequest(f"model {spec.name} needs input {name!r}", loc=("inputs",))
+    return raw
