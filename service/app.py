@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from service import __version__, schemas
+from service import __version__, oip, schemas
 from service.api import health, problems, v1, v2
 from service.api.deps import AppState
 from service.compute import resolve_device
@@ -64,6 +64,9 @@ def build_openapi(app: FastAPI, plane: DataPlane) -> dict[str, Any]:
         schemas.Problem,
         schemas.EvaluateRequest,
         schemas.EvaluateResponse,
+        oip.InferenceRequest,
+        oip.InferenceResponse,
+        oip.V2Error,
     ]
     for model in models:
         schema = schemas.openapi_schema(model)

@@ -46,12 +46,38 @@ class RequestOutput(BaseModel):
 
 
 class InferenceRequest(BaseModel):
-    """`$inference_request` of the protocol."""
+    """`$inference_request` of the protocol. Loss parameters go in `parameters`; `outputs` picks `loss` and
+    `grad_<argument>` outputs (default: `loss`). With the binary extension, the body is this JSON object
+    (`Inference-Header-Content-Length` bytes long) followed by the inputs' binary data."""
 
     id: str | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    """`$inference_response` of the protocol; binary outputs follow the JSON when any was asked for."""
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+
+class V2Error(BaseModel):
+    """The protocol's error body."""
+
+    error: str
 
 
 def server_metadata() -> dict[str, Any]:

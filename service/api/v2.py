@@ -87,8 +87,36 @@ async def model_ready(state: StateDep, name: str, version: str | None = None) ->
         return error(exc)
 
 
-@router.post("/models/{name}/infer", operation_id="v2-model-infer")
-@router.post("/models/{name}/versions/{version}/infer", operation_id="v2-model-version-infer")
+INFER_DOCS: dict[str, Any] = {
+    "responses": {
+        200: {
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/InferenceResponse"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            }
+        },
+        400: {
+            "description": "Bad request",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2Error"}}},
+        },
+        404: {"description": "No such model or version"},
+        413: {"description": "Body too large"},
+        415: {"description": "Unsupported content type or encoding"},
+    },
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+}
+
+
+@router.post("/models/{name}/infer", operation_id="v2-model-infer", **INFER_DOCS)
+@router.post("/models/{name}/versions/{version}/infer", operation_id="v2-model-version-infer", **INFER_DOCS)
 async def infer(request: Request, state: StateDep, name: str, version: str | None = None) -> Response:
     """Compute a loss (and the requested gradients) from JSON or binary tensors."""
     try:
