@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
+import simdjson
 import torch
 from torch import Tensor
 
@@ -54,12 +55,67 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _DEFAULT_TYPED: dict[TensorKind, torch.dtype] = {TensorKind.FLOAT: torch.float32, TensorKind.INDEX: torch.int64}
 
 
+SIMD_MIN_BYTES = 1 << 20
+"""Bodies this large are parsed with simdjson, whose arrays of numbers become numpy arrays in C."""
+
+
 def loads(body: bytes) -> Any:
-    """Parse a request body as strict JSON (NaN/Infinity literals are not JSON)."""
+    """Parse a request body as strict JSON (NaN/Infinity literals are not JSON).
+
+    Large bodies take a fast path: simdjson parses them, and every array of plain numbers among the
+    top-level values (and inside top-level objects) is copied into a numpy array without creating a
+    Python float per element. The fast path only applies when each such array is flat, which the
+    count of '[' in the body proves: any nesting, or a '[' anywhere else, adds one. Otherwise, and
+    for arrays holding anything but numbers, the body is read like a small one.
+    """
+    if len(body) >= SIMD_MIN_BYTES:
+        fast = _loads_flat_arrays(body)
+        if fast is not None:
+            return fast
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedBody(f"request body is not valid JSON: {exc}") from None
+
+
+def _loads_flat_arrays(body: bytes) -> dict[str, Any] | None:
+    try:
+        document = simdjson.Parser().parse(body)
+    except ValueError:
+        return None  # let orjson say precisely what is wrong
+    if not isinstance(document, simdjson.Object):
+        return None
+    arrays = 0
+
+    def value(item: Any) -> Any:
+        nonlocal arrays
+        if isinstance(item, simdjson.Array):
+            read = _numbers(item) if len(item) >= 1024 else item.as_list()
+            arrays += _count_lists(read) if isinstance(read, list) else 1
+            return read
+        if isinstance(item, simdjson.Object):  # items() would build Python lists: index by key instead
+            return {k: value(item[k]) for k in item.keys()}  # noqa: SIM118
+        return item
+
+    try:
+        out = {key: value(document[key]) for key in document.keys()}  # noqa: SIM118
+    except RecursionError:
+        return None
+    return out if body.count(b"[") == arrays and arrays else None
+
+
+def _count_lists(value: Any) -> int:
+    return 1 + sum(_count_lists(v) for v in value if isinstance(v, list)) if isinstance(value, list) else 0
+
+
+def _numbers(array: Any) -> Any:
+    """A flat simdjson array of numbers as int64 or float64 numpy; anything else as Python lists."""
+    for kind, dtype in (("i", np.int64), ("d", np.float64)):
+        try:
+            return np.frombuffer(array.as_buffer(of_type=kind), dtype=dtype)
+        except (TypeError, ValueError, OverflowError):
+            continue
+    return array.as_list()
 
 
 def dumps(value: Any) -> bytes:
@@ -87,7 +143,7 @@ def decode_tensor(value: Any, name: str, kind: TensorKind = TensorKind.FLOAT) ->
 def _decode_flat(obj: dict[str, Any], name: str) -> RawTensor:
     _only_keys(obj, name, {"data", "shape", "dtype"})
     data = obj["data"]
-    if not isinstance(data, list):
+    if not isinstance(data, list | np.ndarray):
         raise InvalidTensor(f"{name}.data must be a flat JSON array of numbers", loc=(name, "data"))
     flat = _nested_to_tensor(data, (name, "data"))
     if flat.ndim != 1:
@@ -194,6 +250,8 @@ def _cast(t: Tensor, dtype: torch.dtype, loc: Loc) -> Tensor:
 
 def _nested_to_tensor(value: Any, loc: Loc) -> Tensor:
     """A number or rectangular nested array of numbers -> float64/int64 tensor, in one numpy call."""
+    if isinstance(value, np.ndarray):  # a flat array the fast JSON path already read
+        return torch.from_numpy(value.copy() if not value.flags.writeable else value)
     if not isinstance(value, int | float | str | list):
         raise InvalidTensor(
             f"{_dotted(loc)}: expected a number or an array of numbers, got {_describe(value)}", loc=loc

@@ -140,3 +140,65 @@ def test_b64_default_dtype_by_kind() -> None:
     del raw["dtype"]
     assert codec.decode_tensor(raw, "target", TensorKind.INDEX).tensor.tolist() == [1, 2]
     assert _loc(raw, TensorKind.INDEX_OR_PROBABILITY) == ("input", "dtype")
+
+
+BIG = codec.SIMD_MIN_BYTES // 3  # elements enough for a body past the fast-path threshold
+
+
+def _fast_and_slow(body: bytes) -> tuple[Any, Any]:
+    assert len(body) >= codec.SIMD_MIN_BYTES
+    return codec.loads(body), orjson_loads(body)
+
+
+def orjson_loads(body: bytes) -> Any:
+    import orjson
+
+    return orjson.loads(body)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(1).standard_normal(BIG),
+        np.random.default_rng(2).integers(-(2**40), 2**40, BIG),
+        np.random.default_rng(3).standard_normal(BIG).astype(np.float32),
+    ],
+    ids=["float64", "int64", "float32"],
+)
+def test_large_flat_arrays_read_fast_and_exactly(values: np.ndarray) -> None:
+    import orjson
+
+    body = orjson.dumps(
+        {"input": values, "target": {"data": values, "shape": [len(values)]}, "beta": 0.5},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    fast, slow = _fast_and_slow(body)
+    assert isinstance(fast["input"], np.ndarray)  # the fast path ran
+    assert fast["beta"] == 0.5
+    assert fast["target"]["shape"] == [len(values)]
+    for got, want in ((fast["input"], slow["input"]), (fast["target"]["data"], slow["target"]["data"])):
+        assert torch.equal(codec.decode_tensor(got, "x").tensor, codec.decode_tensor(want, "x").tensor)
+
+
+def test_large_nested_or_ragged_arrays_take_the_exact_path() -> None:
+    import orjson
+
+    rows = np.random.default_rng(4).standard_normal((BIG // 4, 4)).tolist()
+    fast, _ = _fast_and_slow(orjson.dumps({"input": rows}))
+    assert codec.decode_tensor(fast["input"], "input").tensor.shape == (BIG // 4, 4)
+    ragged = [*rows[:-1], rows[-1][:3]]
+    fast, _ = _fast_and_slow(orjson.dumps({"input": ragged}))
+    assert _loc(fast["input"]) == ("input", len(ragged) - 1)
+    mixed = [1.0] * BIG + [[2.0]]  # flat but for one element: simdjson alone would flatten it away
+    fast, _ = _fast_and_slow(orjson.dumps({"input": mixed}))
+    assert _loc(fast["input"]) == ("input", BIG)
+
+
+def test_large_arrays_with_tokens_or_brackets_in_strings() -> None:
+    import orjson
+
+    values = [0.5] * BIG
+    fast, _ = _fast_and_slow(orjson.dumps({"input": [*values, "NaN"], "note": "[not an array]"}))
+    decoded = codec.decode_tensor(fast["input"], "input").tensor
+    assert decoded.shape == (BIG + 1,)
+    assert math.isnan(decoded[-1])
