@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint typecheck pytest openapi docs install install-dev clean
+.PHONY: serve test lint typecheck pytest openapi docs install install-dev install-bench bench bench-quick clean
 
 $(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,16 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PIP) -r requirements-dev.txt
 	touch $@
 
+$(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
+	$(PIP) -r requirements-bench.txt
+	touch $@
+
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
+install-bench: $(VENV)/.bench
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; }; }; } || \
+	  echo "wrk is not installed: the benchmark falls back to an httpx load generator"
 
 ## serve: start the service on 127.0.0.1:8000 (LOSSD_* variables override the defaults)
 serve: install
@@ -42,6 +50,15 @@ openapi: install
 ## docs: regenerate the README's loss table from the registry
 docs: install
 	$(PY) -m service.docs
+
+## bench: lossd against its peers (about 6 minutes), results in bench/RESULTS.md, profiles in bench/
+bench: install-bench
+	$(PY) bench/run.py
+	$(PY) bench/profile.py
+
+## bench-quick: N=1 and N=1,000 only (under 2 minutes), written to bench/RESULTS-quick.md
+bench-quick: install-bench
+	$(PY) bench/run.py --quick --out bench/RESULTS-quick.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

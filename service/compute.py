@@ -148,7 +148,7 @@ def compute(
     """
     device = device or torch.device("cpu")
     found = list(spec.check(tensors, params)) if spec.check else []
-    on_device = {name: place(t) if place else t.to(device) for name, t in tensors.items()}
+    on_device = {name: place(t) if place else t if t.device == device else t.to(device) for name, t in tensors.items()}
     leaves = [on_device[name].detach().requires_grad_(True) for name in grad_wrt]
     on_device.update(zip(grad_wrt, leaves, strict=True))
     try:

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 2**20, ge=1024)
     """Largest request body accepted, in bytes, also after decompressing a gzip or deflate body (413 beyond)."""
 
+    inline_max_bytes: int = Field(64 * 1024, ge=0)
+    """Bodies smaller than this are computed on the event loop (faster than a thread hop); 0 offloads all."""
+
+    malloc_arenas: int = Field(2, ge=0)
+    """glibc malloc arenas (mallopt M_ARENA_MAX); few arenas keep big bodies fast. 0 keeps glibc's default."""
+
     torch_threads: int = Field(0, ge=0)
     """Intra-op threads for torch on CPU; 0 keeps torch's default (one per core)."""
 

@@ -26,12 +26,18 @@ class AppState:
     limiter: CapacityLimiter
     catalog: dict[str, dict[str, Any]]
 
-    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU/GPU-bound work in a worker thread, at most `max_concurrency` at a time."""
+    async def offload(self, fn: Callable[..., T], *args: Any, size: int = 0) -> T:
+        """Run CPU/GPU-bound work in a worker thread, at most `max_concurrency` at a time.
+
+        Work on a body smaller than `inline_max_bytes` runs right here instead: it takes less time than
+        the hop to a thread and back, and holding the event loop for it delays nobody noticeably.
+        """
+        if size < self.settings.inline_max_bytes:
+            return fn(*args)
         return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: FastAPI would run a plain def in a thread
     state: AppState = request.app.state.lossd
     return state
 

@@ -10,9 +10,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from service.api import problems
-from service.api.deps import StateDep, require_json
+from service.api.deps import AppState, StateDep, require_json
 from service.losses.registry import LossSpec, Registry
 
 
@@ -54,6 +55,46 @@ def build_router(registry: Registry, models: dict[str, type]) -> APIRouter:
         """One loss's catalog entry (aliases resolve to it)."""
         return state.catalog[state.plane.registry.get(name).name]
 
+    @router.post(
+        "/evaluate",
+        operation_id="losses-evaluate",
+        response_class=Response,
+        responses={
+            200: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/EvaluateResponse"}}}},
+            **{status: response for status, response in PROBLEM_RESPONSES.items() if status != 404},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EvaluateRequest"}}},
+            }
+        },
+    )
+    async def evaluate(request: Request, state: StateDep) -> Response:
+        """Many losses over one set of tensors; each result, or its own problem, in request order."""
+        require_json(request)
+        body = await request.body()
+        out = await state.offload(state.plane.evaluate, body, problems.problem_body, size=len(body))
+        return Response(out, media_type="application/json")
+
+    async def compute_loss(request: Request) -> Response:
+        """Compute the loss `name` (or alias); an unknown name is a 404 naming close matches.
+
+        The hot path: one plain Starlette route serves every loss, so a request is routed by one
+        pattern instead of a scan of one route per loss, without dependency injection; each loss's
+        own documented operation comes from `documented_routes`.
+        """
+        state: AppState = request.app.state.lossd
+        return await _evaluate(state.plane.registry.get(request.path_params["name"]), request, state)
+
+    router.routes.append(Route("/v1/losses/{name}", compute_loss, methods=["POST"], include_in_schema=False))
+    return router
+
+
+def documented_routes(registry: Registry, models: dict[str, type]) -> list[BaseRoute]:
+    """One OpenAPI operation per loss, each with its own request model. Never mounted: the single
+    `POST /v1/losses/{name}` route serves these paths, with exactly this behaviour."""
+    router = APIRouter(prefix="/v1", tags=["v1"])
     for spec in registry:
         router.add_api_route(
             f"/losses/{spec.name}",
@@ -74,34 +115,7 @@ def build_router(registry: Registry, models: dict[str, type]) -> APIRouter:
             },
         )
 
-    @router.post(
-        "/evaluate",
-        operation_id="losses-evaluate",
-        response_class=Response,
-        responses={
-            200: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/EvaluateResponse"}}}},
-            **{status: response for status, response in PROBLEM_RESPONSES.items() if status != 404},
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EvaluateRequest"}}},
-            }
-        },
-    )
-    async def evaluate(request: Request, state: StateDep) -> Response:
-        """Many losses over one set of tensors; each result, or its own problem, in request order."""
-        require_json(request)
-        body = await request.body()
-        out = await state.offload(state.plane.evaluate, body, problems.problem_body)
-        return Response(out, media_type="application/json")
-
-    @router.post("/losses/{name}", include_in_schema=False)
-    async def post_by_name(name: str, request: Request, state: StateDep) -> Response:
-        """Any other name: an alias of a registered loss, or a 404 naming close matches."""
-        return await _evaluate(state.plane.registry.get(name), request, state)
-
-    return router
+    return list(router.routes)
 
 
 def _endpoint(spec: LossSpec) -> Any:
@@ -115,4 +129,4 @@ def _endpoint(spec: LossSpec) -> Any:
 async def _evaluate(spec: LossSpec, request: Request, state: StateDep) -> Response:
     require_json(request)
     body = await request.body()
-    return Response(await state.offload(state.plane.loss, spec, body), media_type="application/json")
+    return Response(await state.offload(state.plane.loss, spec, body, size=len(body)), media_type="application/json")

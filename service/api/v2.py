@@ -125,7 +125,7 @@ async def infer(request: Request, state: StateDep, name: str, version: str | Non
         body = await request.body()
         limit = state.settings.max_body_bytes
         out, header_length = await state.offload(
-            _infer, state, spec, body, request.headers.get("content-encoding"), request.headers, limit
+            _infer, state, spec, body, request.headers.get("content-encoding"), request.headers, limit, size=len(body)
         )
     except LossdError as exc:
         return error(exc)

@@ -1,0 +1,25 @@
+"""Peer: LitServe with its defaults, the same computation."""
+
+import sys
+
+import litserve as ls
+import torch
+import torch.nn.functional as F
+
+
+class MSE(ls.LitAPI):
+    def setup(self, device: str) -> None:
+        self.device = device
+
+    def decode_request(self, request: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor(request["input"]), torch.tensor(request["target"])
+
+    def predict(self, pair: tuple[torch.Tensor, torch.Tensor]) -> float:
+        return F.mse_loss(*pair).item()
+
+    def encode_response(self, loss: float) -> dict[str, float]:
+        return {"loss": loss}
+
+
+if __name__ == "__main__":
+    ls.LitServer(MSE(), accelerator="cpu").run(port=int(sys.argv[1]), log_level="warning")
