@@ -6,6 +6,7 @@ benchmark's mse payloads, and writes bench/profile-n1000.txt and bench/profile-n
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,11 @@ import orjson
 import torch
 from pyinstrument import Profiler
 
-from service.dataplane import DataPlane
-from service.losses import REGISTRY
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from service.dataplane import DataPlane  # noqa: E402
+from service.losses import REGISTRY  # noqa: E402
 
 
 def main() -> None:

@@ -357,9 +357,9 @@ def encode_tensor(t: Tensor, encoding: Encoding = "json") -> Any:
     return array.item() if array.ndim == 0 else np.ascontiguousarray(array)
 
 
-def tensor_bytes(t: Tensor) -> bytes:
-    """Little-endian row-major bytes of `t` in its own dtype."""
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def tensor_bytes(t: Tensor) -> memoryview:
+    """Little-endian row-major bytes of `t` in its own dtype: a view, copied only where `t` is not contiguous."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data
 
 
 def dtype_name(t: Tensor) -> str:
@@ -410,7 +410,7 @@ def decode_v2(name: str, datatype: str, shape: Any, data: Any, raw: bytes | memo
     return RawTensor(_cast(_reshape(flat, dims, name), dtype, (name, "data")), typed=True)
 
 
-def encode_v2(name: str, t: Tensor, binary: bool) -> tuple[dict[str, Any], bytes]:
+def encode_v2(name: str, t: Tensor, binary: bool) -> tuple[dict[str, Any], memoryview | bytes]:
     """One v2 output: its JSON object, and its bytes when it travels as binary data (else b"")."""
     out: dict[str, Any] = {"name": name, "datatype": V2_NAMES[t.dtype], "shape": list(t.shape)}
     if binary:
@@ -461,7 +461,7 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
+def compress(body: bytes | memoryview, accept_encoding: str | None) -> tuple[bytes | memoryview, str | None]:
     """`body` compressed with the first of gzip or deflate that `accept_encoding` allows (or as is)."""
     accepted = {part.split(";")[0].strip().lower() for part in (accept_encoding or "").split(",")}
     if "gzip" in accepted:

@@ -108,7 +108,9 @@ def model_metadata(spec: LossSpec) -> dict[str, Any]:
     }
 
 
-def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | None) -> tuple[bytes, int | None]:
+def infer(
+    plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | None
+) -> tuple[bytes | memoryview, int | None]:
     """`POST /v2/models/{loss}/infer`: the response body, and its JSON header's length when binary follows."""
     header, binary = codec.split_binary(body, header_length)
     payload = codec.loads(header)
@@ -134,14 +136,19 @@ def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | No
     if result.warnings:
         response["parameters"] = {"warnings": " ".join(result.warnings)}
     response["outputs"] = []
-    blobs: list[bytes] = []
+    blobs: list[memoryview | bytes] = []
     for output in outputs:
         binary_output = (output.parameters or {}).get("binary_data", binary_default) is True
         encoded, blob = codec.encode_v2(output.name, tensors[output.name], binary_output)
         response["outputs"].append(encoded)
         blobs.append(blob)
     head = codec.dumps(response)
-    return (head + b"".join(blobs), len(head)) if any(blobs) else (head, None)
+    if not any(len(blob) for blob in blobs):
+        return head, None
+    framed = bytearray(head)  # one copy of each tensor's bytes, straight into the response
+    for blob in blobs:
+        framed += blob
+    return memoryview(framed), len(head)
 
 
 def _wanted_outputs(spec: LossSpec, outputs: list[RequestOutput]) -> list[str]:

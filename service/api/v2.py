@@ -139,7 +139,7 @@ async def infer(request: Request, state: StateDep, name: str, version: str | Non
 
 def _infer(
     state: AppState, spec: LossSpec, body: bytes, encoding: str | None, headers: Any, limit: int
-) -> tuple[bytes, int | None]:
+) -> tuple[bytes | memoryview, int | None]:
     plain = decompress(body, encoding, limit)
     return oip.infer(state.plane, spec, plain, headers.get("inference-header-content-length"))
 
