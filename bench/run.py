@@ -394,7 +394,7 @@ def report(results: list[Result], split: str | None, quick: bool, seconds: int) 
         "one uvicorn worker, server pinned to core 0 and the load generator to core 1, torch and BLAS on one thread "
         "everywhere. Every answer was checked against torch; none was wrong.",
         "",
-        "| scenario | server | req/s | p50 ms | p99 ms | idle RSS MB | peak RSS MB | lossd is |",
+        "| scenario | server | req/s | p50 ms | p99 ms | RSS after warm-up MB | peak RSS MB | lossd is |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     by_scenario: dict[str, list[Result]] = {}
