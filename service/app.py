@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import FrameType
 from typing import Any
 
-from anyio import CapacityLimiter
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from starlette.routing import BaseRoute
 
-from service import __version__, oip, schemas
+from service import __version__, limits, oip, schemas
 from service.api import health, problems, v1, v2
 from service.api.deps import AppState
+from service.api.metrics import Metrics
+from service.api.middleware import Gateway
 from service.compute import resolve_device
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.losses import REGISTRY
-from service.runtime import tune_process
+from service.runtime import configure_logging, tune_process
 
 DESCRIPTION = (
     "PyTorch loss functions over HTTP: send tensors as JSON, get torch's exact loss values and gradients back. "
@@ -29,16 +35,37 @@ DESCRIPTION = (
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The lossd application for `settings` (read from `LOSSD_*` environment variables by default)."""
     settings = settings or Settings()
-    logging.getLogger("lossd").setLevel(settings.log_level.upper() if settings.log_level != "trace" else "DEBUG")
+    configure_logging(settings.log_level)
     tune_process(settings.torch_threads, settings.malloc_arenas)
-    plane = DataPlane(REGISTRY, resolve_device(settings.device))
-    app = FastAPI(title="lossd", version=__version__, description=DESCRIPTION)
-    app.state.lossd = AppState(
+    limits.configure(
+        limits.Limits(
+            max_tensor_elements=settings.max_tensor_elements,
+            max_request_elements=settings.max_request_elements,
+            max_dims=settings.max_dims,
+            max_evaluate_entries=settings.max_evaluate_entries,
+        )
+    )
+    device = resolve_device(settings.device)
+    metrics = Metrics(str(device))
+    plane = DataPlane(REGISTRY, device, on_elements=lambda loss, n: metrics.elements.labels(loss=loss).inc(n))
+    state = AppState(
         settings=settings,
         plane=plane,
-        limiter=CapacityLimiter(settings.max_concurrency),
         catalog={spec.name: schemas.catalog_entry(spec) for spec in REGISTRY},
+        metrics=metrics,
     )
+    app = FastAPI(title="lossd", version=__version__, description=DESCRIPTION, lifespan=_drain_on_sigterm(state))
+    app.state.lossd = state
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Inference-Header-Content-Length"],
+        )
+    app.add_middleware(Gateway, state=state)  # outermost: ids, keys, limits, metrics and logs for all
     problems.install(app)
     app.include_router(v1.build_router(REGISTRY, plane.models))  # the busiest routes first: matched in order
     app.include_router(v2.router)
@@ -52,6 +79,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _drain_on_sigterm(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A lifespan that turns readiness off as soon as SIGTERM arrives, then lets uvicorn drain."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def on_sigterm(sig: int, frame: FrameType | None) -> None:
+                state.draining = True
+                if callable(previous):
+                    previous(sig, frame)
+
+            signal.signal(signal.SIGTERM, on_sigterm)
+        yield
+
+    return lifespan
 
 
 def build_openapi(app: FastAPI, plane: DataPlane, documented: list[BaseRoute]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import simdjson
 import torch
 from torch import Tensor
 
+from service import limits
 from service.compute import RawTensor
 from service.errors import InvalidTensor, Loc, MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from service.losses.registry import TensorKind
@@ -47,9 +48,6 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()} | {torch.bool: "bool"}
 
 NON_FINITE: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-MAX_DIMS = 32
-"""Deepest nesting read as a tensor (numpy's own limit is 64; no loss needs more)."""
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _DEFAULT_TYPED: dict[TensorKind, torch.dtype] = {TensorKind.FLOAT: torch.float32, TensorKind.INDEX: torch.int64}
@@ -223,15 +221,16 @@ def _dtype(value: Any, name: str) -> torch.dtype:
 def _shape(shape: Any, name: str) -> list[int]:
     if (
         not isinstance(shape, list)
-        or len(shape) > MAX_DIMS
+        or len(shape) > limits.current.max_dims
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         or math.prod(max(d, 1) for d in shape) >= 2**62  # torch's strides must fit in int64
     ):
         raise InvalidTensor(
-            f"{name}.shape must be a list of at most {MAX_DIMS} non-negative integers whose product fits in "
-            f"64 bits, got {shape!r}",
+            f"{name}.shape must be a list of at most {limits.current.max_dims} non-negative integers whose "
+            f"product fits in 64 bits, got {shape!r}",
             loc=(name, "shape"),
         )
+    limits.tensor_elements(name, shape)
     return shape
 
 
@@ -265,7 +264,7 @@ def _nested_to_tensor(value: Any, loc: Loc) -> Tensor:
         array = None
     if array is not None and array.dtype.kind == "b":
         array = array.astype(np.int64)
-    if array is None or array.dtype.kind not in "fi" or array.ndim > MAX_DIMS:
+    if array is None or array.dtype.kind not in "fi" or array.ndim > limits.current.max_dims:
         array = _slow_path(value, loc)
     return torch.from_numpy(array)
 
@@ -284,8 +283,13 @@ def _leading_shape(value: Any, loc: Loc) -> list[int]:
     shape: list[int] = []
     while isinstance(value, list):
         shape.append(len(value))
-        if len(shape) > MAX_DIMS:
-            raise InvalidTensor(f"{_dotted(loc)}: more than {MAX_DIMS} nested dimensions", loc=loc)
+        if len(shape) > limits.current.max_dims:
+            raise InvalidTensor(
+                f"{_dotted(loc)}: more than {limits.current.max_dims} nested dimensions",
+                loc=loc,
+                limit=limits.current.max_dims,
+                actual=len(shape),
+            )
         if not value:
             break
         value = value[0]

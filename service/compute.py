@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from service.errors import DtypeMismatch, ResourceExhausted, TorchRejected
+from service.errors import DeviceFailure, DtypeMismatch, ResourceExhausted, TorchRejected
 from service.losses import checks
 from service.losses.registry import LossParams, LossSpec, TensorArg, TensorKind
 
@@ -159,8 +159,8 @@ def compute(
                 grads = torch.autograd.grad(loss, leaves, grad_outputs=torch.ones_like(loss), allow_unused=True)
     except torch.OutOfMemoryError as exc:
         raise ResourceExhausted(f"not enough memory on {device} for this request") from exc
-    except torch.AcceleratorError:
-        raise  # a device fault is not the client's doing: never report it as a bad request
+    except torch.AcceleratorError as exc:  # not the client's doing, and the CUDA context is lost for good
+        raise DeviceFailure(f"the device {device} failed: {exc}") from exc
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         raise TorchRejected(f"torch rejected the inputs: {exc}") from exc
     result = LossResult(loss=loss.detach().cpu(), warnings=found, device=str(device))

@@ -29,7 +29,35 @@ class Settings(BaseSettings):
     """Log level for the service and uvicorn."""
 
     max_concurrency: int = Field(4, ge=1)
-    """Requests decoded and computed at the same time per worker (the rest wait their turn)."""
+    """Requests decoded and computed at the same time per worker, in threads (the rest wait their turn)."""
+
+    max_queue: int = Field(32, ge=0)
+    """Requests that may wait for a compute slot (a gradient request counts twice); beyond, 503 at once."""
+
+    request_timeout_s: float = Field(60.0, gt=0)
+    """Longest a request may wait and compute before a 504 (its slot is freed then)."""
+
+    max_tensor_elements: int = Field(1 << 26, ge=1)
+    """Elements in any one tensor, broadcast result or gradient (413 beyond)."""
+
+    max_request_elements: int = Field(1 << 27, ge=1)
+    """Elements in all the tensors of one request (413 beyond)."""
+
+    max_dims: int = Field(32, ge=1, le=64)
+    """Dimensions of a tensor, which is also the deepest JSON nesting read (422 beyond)."""
+
+    max_evaluate_entries: int = Field(64, ge=1)
+    """Losses in one /v1/evaluate request (413 beyond)."""
+
+    api_keys: str | None = None
+    """API keys that `Authorization: Bearer <key>` must match on every route but health: comma-separated,
+    or the path of a file with one key per line. Unset: no authentication."""
+
+    cors_origins: str = ""
+    """Comma-separated origins allowed by CORS (`*` for any); empty: CORS off."""
+
+    drain_timeout_s: int = Field(30, ge=0)
+    """On SIGTERM: seconds to let in-flight requests finish before stopping anyway."""
 
     max_body_bytes: int = Field(64 * 2**20, ge=1024)
     """Largest request body accepted, in bytes, also after decompressing a gzip or deflate body (413 beyond)."""

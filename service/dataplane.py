@@ -14,8 +14,8 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import Tensor
 
-from service import codec, compute, schemas
-from service.errors import ErrorDetail, InvalidRequest, Loc, LossdError, MalformedBody, UnknownLoss
+from service import codec, compute, limits, schemas
+from service.errors import ErrorDetail, InvalidRequest, Loc, LossdError, MalformedBody, PayloadTooLarge, UnknownLoss
 from service.losses.registry import LossParams, LossSpec, Registry, TensorKind
 
 Describe = Callable[[LossdError], dict[str, Any]]
@@ -28,6 +28,8 @@ class DataPlane:
 
     registry: Registry
     device: torch.device
+    on_elements: Callable[[str, int], None] | None = None
+    """Told how many tensor elements each computed loss took (for metrics)."""
     models: dict[str, type[LossParams]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -41,12 +43,20 @@ class DataPlane:
             for arg in spec.tensors
             if (value := getattr(request, arg.name)) is not None
         }
+        check_elements(raw)
         return codec.dumps(encode_result(self.run(spec, request, raw), request.output_encoding))
 
     def evaluate(self, body: bytes, describe: Describe) -> bytes:
         """Evaluate a `POST /v1/evaluate` body: every entry in order, each a result or its own problem."""
         request = self.validate(schemas.EvaluateRequest, _json_object(body))
         assert isinstance(request, schemas.EvaluateRequest)
+        if len(request.losses) > limits.current.max_evaluate_entries:
+            raise PayloadTooLarge(
+                f"{len(request.losses)} losses in one request; the limit is {limits.current.max_evaluate_entries}",
+                loc=("losses",),
+                limit=limits.current.max_evaluate_entries,
+                actual=len(request.losses),
+            )
         pool = _Pool(request.tensors, self.device)
         results: list[dict[str, Any]] = []
         for i, entry in enumerate(request.losses):
@@ -87,6 +97,7 @@ class DataPlane:
         try:
             params = self.validate(self.models[spec.name], fields | dict.fromkeys(given, True))
             raw = {arg.name: pool.raw(given[arg.name], arg.kind) for arg in spec.tensors if arg.name in given}
+            check_elements(raw)
             result = self.run(spec, params, raw, pool)
             return {"name": spec.name, "status": 200, **encode_result(result, params.output_encoding)}
         except LossdError as exc:
@@ -98,6 +109,8 @@ class DataPlane:
     ) -> compute.LossResult:
         """The shared core of every protocol: dtypes by kind, then checks, loss and gradients on the device."""
         assert isinstance(request, schemas.RequestOptions)
+        if self.on_elements is not None:
+            self.on_elements(spec.name, sum(r.tensor.numel() for r in raw.values()))
         tensors = compute.prepare(spec, raw, pool.cast) if pool else compute.prepare(spec, raw)
         grad_wrt = _grad_wrt(spec, request.return_grad, tensors)
         return compute.compute(spec, tensors, request, grad_wrt, self.device, pool.place if pool else None)
@@ -149,6 +162,13 @@ def _relocate(detail: ErrorDetail, tensors: Mapping[str, Loc], entry: Loc) -> Er
     if isinstance(head, str) and head in tensors:
         return ErrorDetail((*tensors[head], *rest), detail.msg)
     return ErrorDetail((*entry, *detail.loc), detail.msg)
+
+
+def check_elements(raw: Mapping[str, compute.RawTensor]) -> None:
+    """Every decoded tensor, and all of them together, within the element limits."""
+    for name, r in raw.items():
+        limits.tensor_elements(name, r.tensor.shape)
+    limits.request_elements([r.tensor.numel() for r in raw.values()])
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -29,10 +29,21 @@ class LossdError(Exception):
     slug: ClassVar[str] = "error"
     title: ClassVar[str] = "Error"
 
-    def __init__(self, detail: str, loc: Loc = (), errors: Sequence[ErrorDetail] | None = None):
+    def __init__(
+        self,
+        detail: str,
+        loc: Loc = (),
+        errors: Sequence[ErrorDetail] | None = None,
+        *,
+        limit: int | None = None,
+        actual: int | None = None,
+    ):
         super().__init__(detail)
         self.detail = detail
         self.errors: list[ErrorDetail] = list(errors) if errors is not None else [ErrorDetail(loc, detail)]
+        self.limit = limit
+        """For errors about a configured limit: the limit, and what the request asked for."""
+        self.actual = actual
 
 
 class MalformedBody(LossdError):
@@ -112,15 +123,39 @@ class TorchRejected(LossdError):
 
 
 class PayloadTooLarge(LossdError):
-    """The body (after decompression) is larger than the server accepts; `limit` and `actual` say by how much."""
+    """The body, a tensor or a request is larger than the server accepts (`limit`, `actual`)."""
 
     slug = "payload-too-large"
     title = "Payload too large"
 
-    def __init__(self, detail: str, *, limit: int, actual: int | None = None):
-        super().__init__(detail, loc=())
-        self.limit = limit
-        self.actual = actual
+
+class Unauthorized(LossdError):
+    """The request carries no valid API key (`Authorization: Bearer <key>`)."""
+
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+
+class Overloaded(LossdError):
+    """More requests wait for compute than the queue holds; retry after `retry_after` seconds."""
+
+    slug = "overloaded"
+    title = "Server overloaded"
+    retry_after = 1
+
+
+class ComputeTimeout(LossdError):
+    """The computation took longer than the configured timeout."""
+
+    slug = "timeout"
+    title = "Computation timed out"
+
+
+class DeviceFailure(LossdError):
+    """The compute device failed (a CUDA error); this process stops and its orchestrator restarts it."""
+
+    slug = "device-failure"
+    title = "Device failure"
 
 
 class ResourceExhausted(LossdError):
@@ -143,5 +178,9 @@ ALL_ERRORS: tuple[type[LossdError], ...] = (
     TorchRejected,
     PayloadTooLarge,
     ResourceExhausted,
+    Unauthorized,
+    Overloaded,
+    ComputeTimeout,
+    DeviceFailure,
 )
 """Every concrete error class, for the problem table and the problem-type documentation route."""

@@ -1,40 +1,123 @@
-"""Per-app state and the dependency aliases routes use to reach it."""
+"""Per-app state, admission to compute, and the dependency aliases routes use to reach the state."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter
 from fastapi import Depends, Request
 
+from service.api.metrics import Metrics
 from service.config import Settings
 from service.dataplane import DataPlane
-from service.errors import UnsupportedMediaType
+from service.errors import ComputeTimeout, DeviceFailure, Overloaded, UnsupportedMediaType
 
 T = TypeVar("T")
+log = logging.getLogger("lossd")
+
+
+def _terminate_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
 class AppState:
-    """What every request needs: settings, the data plane, the compute limiter, the catalog."""
+    """What every request needs: settings, the data plane, metrics, and the admission bookkeeping."""
 
     settings: Settings
     plane: DataPlane
-    limiter: CapacityLimiter
     catalog: dict[str, dict[str, Any]]
+    metrics: Metrics
+    limiter: CapacityLimiter = field(init=False)
+    pending: int = 0
+    """Requests admitted to the threads and not finished, weighted (a gradient request counts twice)."""
+    failed: bool = False
+    """The device failed: not ready, and the process is on its way out."""
+    draining: bool = False
+    """SIGTERM received: not ready, finishing in-flight requests."""
+    request_exit: Callable[[], None] = _terminate_self
 
-    async def offload(self, fn: Callable[..., T], *args: Any, size: int = 0) -> T:
-        """Run CPU/GPU-bound work in a worker thread, at most `max_concurrency` at a time.
+    def __post_init__(self) -> None:
+        self.limiter = CapacityLimiter(self.settings.max_concurrency)
 
-        Work on a body smaller than `inline_max_bytes` runs right here instead: it takes less time than
-        the hop to a thread and back, and holding the event loop for it delays nobody noticeably.
+    @property
+    def api_keys(self) -> list[str]:
+        """The configured API keys: a comma-separated list, or a file with one key per line."""
+        value = (self.settings.api_keys or "").strip()
+        if not value:
+            return []
+        path = Path(value)
+        text = path.read_text() if "," not in value and path.is_file() else value.replace(",", "\n")
+        return [key.strip() for key in text.splitlines() if key.strip()]
+
+    @property
+    def ready(self) -> bool:
+        return not (self.failed or self.draining)
+
+    async def offload(self, fn: Callable[..., T], *args: Any, size: int = 0, weight: int = 1) -> T:
+        """Run CPU/GPU-bound work, admitting it under the concurrency, queue and time limits.
+
+        Work on a body smaller than `inline_max_bytes` runs right here: it takes less time than the hop
+        to a thread and back. Larger work runs in a worker thread, at most `max_concurrency` at a time;
+        when `max_queue` more already wait, the request is refused at once (503 with Retry-After)
+        rather than piling up. After `request_timeout_s` the request gets a 504 and its slot is freed;
+        the thread itself cannot be interrupted and finishes its computation in the background.
         """
-        if size < self.settings.inline_max_bytes:
-            return fn(*args)
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        try:
+            if size < self.settings.inline_max_bytes:
+                return fn(*args)
+            return await self._in_thread(fn, *args, weight=weight)
+        except DeviceFailure:
+            self.fail()
+            raise
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any, weight: int) -> T:
+        settings, metrics = self.settings, self.metrics
+        if self.pending + weight > settings.max_concurrency + settings.max_queue:
+            metrics.rejections.labels(reason="overloaded").inc()
+            raise Overloaded(
+                f"{self.pending} requests are computing or waiting; try again shortly",
+                limit=settings.max_concurrency + settings.max_queue,
+                actual=self.pending + weight,
+            )
+        self.pending += weight
+        metrics.queued.inc(weight)
+        queued = True
+        try:
+            with anyio.fail_after(settings.request_timeout_s):
+                async with self.limiter:
+                    metrics.queued.dec(weight)
+                    queued = False
+                    metrics.computing.inc()
+                    try:
+                        return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+                    finally:
+                        metrics.computing.dec()
+        except TimeoutError:
+            metrics.rejections.labels(reason="timeout").inc()
+            raise ComputeTimeout(
+                f"the request took longer than {settings.request_timeout_s} s", limit=int(settings.request_timeout_s)
+            ) from None
+        finally:
+            self.pending -= weight
+            if queued:
+                metrics.queued.dec(weight)
+
+    def fail(self) -> None:
+        """The device is broken: report not ready at once, and stop the process so it is restarted."""
+        if not self.failed:
+            self.failed = True
+            log.critical("the compute device failed; stopping this process so that it is restarted")
+            asyncio.get_running_loop().call_later(0.5, self.request_exit)
 
 
 async def get_state(request: Request) -> AppState:  # async: FastAPI would run a plain def in a thread
@@ -56,3 +139,8 @@ def require_json(request: Request) -> None:
             f"expected content-type application/json, got {media_type!r} (curl: -H 'content-type: application/json')",
             loc=("content-type",),
         )
+
+
+def gradient_weight(body: bytes) -> int:
+    """2 for a request that may ask for gradients (they hold about twice the memory), else 1."""
+    return 2 if b'"return_grad"' in body or b'"grad_' in body[:65536] else 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
+from fastapi.responses import Response
 
 from service.api import problems
 from service.api.deps import StateDep
@@ -21,6 +22,9 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", operation_id="health-ready", responses={503: {"description": "Not ready"}})
 async def readyz(state: StateDep) -> Any:
     """Ready: the registry is loaded and the compute device runs a computation."""
+    if not state.ready:
+        why = "the compute device failed" if state.failed else "the server is shutting down"
+        return problems.problem(503, "not-ready", "Not ready", why, [])
     try:
         ready = await state.offload(state.plane.ready)
     except Exception as exc:  # any device failure means not ready, whatever its type
@@ -29,6 +33,12 @@ async def readyz(state: StateDep) -> Any:
     if not ready:
         return problems.problem(503, "not-ready", "Not ready", "the compute device is not usable", [])
     return {"status": "ready", "device": str(state.plane.device), "losses": len(state.plane.registry)}
+
+
+@router.get("/metrics", operation_id="metrics", response_class=Response, tags=["monitoring"])
+async def metrics(state: StateDep) -> Response:
+    """Prometheus metrics."""
+    return Response(state.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @router.get("/problems/{slug}", operation_id="problems-get", tags=["problems"])

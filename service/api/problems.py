@@ -20,6 +20,8 @@ from starlette.requests import ClientDisconnect
 from service import codec
 from service.errors import (
     ALL_ERRORS,
+    ComputeTimeout,
+    DeviceFailure,
     DtypeMismatch,
     ErrorDetail,
     InvalidRequest,
@@ -27,10 +29,12 @@ from service.errors import (
     LossdError,
     MalformedBody,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     ResourceExhausted,
     ShapeMismatch,
     TorchRejected,
+    Unauthorized,
     UnknownLoss,
     UnsupportedMediaType,
     ValueOutOfRange,
@@ -53,6 +57,10 @@ STATUS: dict[type[LossdError], tuple[int, str]] = {
     TorchRejected: (422, "body"),
     PayloadTooLarge: (413, "body"),
     ResourceExhausted: (503, "body"),
+    Unauthorized: (401, "header"),
+    Overloaded: (503, "body"),
+    ComputeTimeout: (504, "body"),
+    DeviceFailure: (503, "body"),
 }
 """Status code of each domain error, and where its `loc` points (the first element of every loc)."""
 
@@ -70,7 +78,7 @@ def problem_body(exc: LossdError) -> dict[str, Any]:
     status, where = STATUS[type(exc)]
     body = {"type": f"/problems/{exc.slug}", "title": exc.title, "status": status, "detail": exc.detail}
     body["errors"] = [_detail(where, d) for d in exc.errors]
-    if isinstance(exc, PayloadTooLarge):  # RFC 9457 extension members: the limit and what was sent
+    if exc.limit is not None:  # RFC 9457 extension members: the limit, and what the request asked for
         body |= {"limit": exc.limit} | ({"actual": exc.actual} if exc.actual is not None else {})
     return body
 

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service.api import problems
-from service.api.deps import AppState, StateDep, require_json
+from service.api.deps import AppState, StateDep, gradient_weight, require_json
 from service.losses.registry import LossSpec, Registry
 
 
@@ -74,7 +74,9 @@ def build_router(registry: Registry, models: dict[str, type]) -> APIRouter:
         """Many losses over one set of tensors; each result, or its own problem, in request order."""
         require_json(request)
         body = await request.body()
-        out = await state.offload(state.plane.evaluate, body, problems.problem_body, size=len(body))
+        out = await state.offload(
+            state.plane.evaluate, body, problems.problem_body, size=len(body), weight=gradient_weight(body)
+        )
         return Response(out, media_type="application/json")
 
     async def compute_loss(request: Request) -> Response:
@@ -129,4 +131,6 @@ def _endpoint(spec: LossSpec) -> Any:
 async def _evaluate(spec: LossSpec, request: Request, state: StateDep) -> Response:
     require_json(request)
     body = await request.body()
-    return Response(await state.offload(state.plane.loss, spec, body, size=len(body)), media_type="application/json")
+    request.scope["lossd"]["loss"] = spec.name
+    out = await state.offload(state.plane.loss, spec, body, size=len(body), weight=gradient_weight(body))
+    return Response(out, media_type="application/json")

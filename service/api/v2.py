@@ -12,18 +12,32 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import oip
-from service.api.deps import AppState, StateDep
+from service.api.deps import AppState, StateDep, gradient_weight
 from service.codec import compress, decompress
-from service.errors import LossdError, NotFound, PayloadTooLarge, ResourceExhausted, UnsupportedMediaType
+from service.errors import (
+    ComputeTimeout,
+    DeviceFailure,
+    LossdError,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    ResourceExhausted,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from service.losses.registry import LossSpec
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
 STATUS: dict[type[LossdError], int] = {
     NotFound: 404,
+    Unauthorized: 401,
     UnsupportedMediaType: 415,
     PayloadTooLarge: 413,
     ResourceExhausted: 503,
+    Overloaded: 503,
+    DeviceFailure: 503,
+    ComputeTimeout: 504,
 }
 """Any other domain error is the protocol's 400."""
 
@@ -61,7 +75,7 @@ async def server_live() -> dict[str, bool]:
 async def server_ready(state: StateDep) -> JSONResponse:
     """The server is ready: registry loaded, device usable."""
     try:
-        ready = await state.offload(state.plane.ready)
+        ready = state.ready and await state.offload(state.plane.ready)
     except Exception:  # any device failure means not ready
         ready = False
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -121,11 +135,13 @@ async def infer(request: Request, state: StateDep, name: str, version: str | Non
     """Compute a loss (and the requested gradients) from JSON or binary tensors."""
     try:
         spec = _model(state, name, version)
+        request.scope["lossd"]["loss"] = spec.name
         _require_body_type(request)
         body = await request.body()
         limit = state.settings.max_body_bytes
+        encoding = request.headers.get("content-encoding")
         out, header_length = await state.offload(
-            _infer, state, spec, body, request.headers.get("content-encoding"), request.headers, limit, size=len(body)
+            _infer, state, spec, body, encoding, request.headers, limit, size=len(body), weight=gradient_weight(body)
         )
     except LossdError as exc:
         return error(exc)

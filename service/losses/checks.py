@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from service import limits
 from service.errors import DtypeMismatch, ShapeMismatch, ValueOutOfRange
 
 
@@ -30,12 +31,13 @@ def first_index(mask: Tensor) -> tuple[int, ...]:
 def broadcastable(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
     """Require `t` to broadcast against `ref`, as torch's elementwise operations need."""
     try:
-        torch.broadcast_shapes(t.shape, ref.shape)  # type: ignore[no-untyped-call]
+        shape = torch.broadcast_shapes(t.shape, ref.shape)  # type: ignore[no-untyped-call]
     except RuntimeError:
         raise ShapeMismatch(
             f"{name} of shape {shape_of(t)} cannot be broadcast with {ref_name} of shape {shape_of(ref)}",
             loc=(name,),
         ) from None
+    limits.tensor_elements(f"{name} broadcast with {ref_name}", shape)
 
 
 def broadcast_target(input: Tensor, target: Tensor, target_name: str = "target") -> list[str]:
