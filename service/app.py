@@ -100,10 +100,35 @@ def _drain_on_sigterm(state: AppState) -> Callable[[FastAPI], AbstractAsyncConte
     return lifespan
 
 
+_ERROR_STATUSES = {
+    "401": "No valid API key (only when LOSSD_API_KEYS is set).",
+    "413": "The body, a tensor or the request exceeds a configured limit (`limit`, `actual`).",
+    "500": "An unexpected error; `detail` quotes the request id.",
+    "503": "Not ready, overloaded (Retry-After), out of memory, or the device failed.",
+}
+
+
+def _document_errors(document: dict[str, Any]) -> None:
+    """Every operation documents the errors any request may get, in its protocol's error format."""
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    v2_error = {"application/json": {"schema": {"$ref": "#/components/schemas/V2Error"}}}
+    for path, operations in document["paths"].items():
+        content = v2_error if path.startswith("/v2") else problem
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses and "HTTPValidationError" in str(responses["422"]):
+                responses["422"] = {"description": "A field breaks the request's schema.", "content": content}
+            if "{" in path:
+                responses.setdefault("404", {"description": "Not found.", "content": content})
+            for status, description in _ERROR_STATUSES.items():
+                responses.setdefault(status, {"description": description, "content": content})
+
+
 def build_openapi(app: FastAPI, plane: DataPlane, documented: list[BaseRoute]) -> dict[str, Any]:
     """FastAPI's document with one operation per loss, plus the request models they reference."""
     routes = [*app.routes, *documented]
     document = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
+    _document_errors(document)
     components = document.setdefault("components", {}).setdefault("schemas", {})
     components.update(schemas.EXTRA_SCHEMAS)
     models: list[type[BaseModel]] = [

@@ -80,8 +80,8 @@ def loads(body: bytes) -> Any:
 def _loads_flat_arrays(body: bytes) -> dict[str, Any] | None:
     try:
         document = simdjson.Parser().parse(body)
-    except ValueError:
-        return None  # let orjson say precisely what is wrong
+    except (ValueError, RuntimeError):  # invalid JSON, or numbers simdjson cannot hold (64-bit overflow)
+        return None  # let orjson read it, or say precisely what is wrong
     if not isinstance(document, simdjson.Object):
         return None
     arrays = 0
@@ -98,7 +98,7 @@ def _loads_flat_arrays(body: bytes) -> dict[str, Any] | None:
 
     try:
         out = {key: value(document[key]) for key in document.keys()}  # noqa: SIM118
-    except RecursionError:
+    except (RecursionError, RuntimeError, ValueError):
         return None
     return out if body.count(b"[") == arrays and arrays else None
 

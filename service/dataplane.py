@@ -38,6 +38,9 @@ class DataPlane:
     def loss(self, spec: LossSpec, body: bytes) -> bytes:
         """Evaluate one `POST /v1/losses/{name}` body; returns the JSON response body."""
         request = self.validate(self.models[spec.name], _json_object(body))
+        for arg in spec.tensors:
+            if arg.required and getattr(request, arg.name) is None:
+                raise InvalidRequest(f"{arg.name} is required and cannot be null", loc=(arg.name,))
         raw = {
             arg.name: codec.decode_tensor(value, arg.name, arg.kind)
             for arg in spec.tensors
@@ -58,6 +61,7 @@ class DataPlane:
                 actual=len(request.losses),
             )
         pool = _Pool(request.tensors, self.device)
+        pool.read_all()
         results: list[dict[str, Any]] = []
         for i, entry in enumerate(request.losses):
             try:
@@ -134,6 +138,19 @@ class _Pool:
         self._cast: dict[tuple[int, torch.dtype], Tensor] = {}
         self._placed: dict[int, Tensor] = {}
         self._keep: list[Tensor] = []  # keeps every cached tensor alive, so ids stay unique
+
+    def read_all(self) -> None:
+        """Decode every shared tensor now: a malformed one fails the whole request, naming its key.
+
+        (A base64 tensor without a dtype waits for the loss that uses it, whose argument gives the dtype.)
+        """
+        try:
+            for key, value in self.values.items():
+                if not (isinstance(value, dict) and "b64" in value and "dtype" not in value):
+                    self.raw(key, TensorKind.FLOAT)
+        except LossdError as exc:
+            exc.errors = [ErrorDetail(("tensors", *d.loc), d.msg) for d in exc.errors]
+            raise
 
     def raw(self, key: str, kind: TensorKind) -> compute.RawTensor:
         value = self.values[key]

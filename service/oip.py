@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__, codec
 from service.compute import RawTensor
@@ -33,6 +33,8 @@ _METADATA_DATATYPE = {
 
 
 class RequestInput(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str
     shape: list[int]
     datatype: str
@@ -41,6 +43,8 @@ class RequestInput(BaseModel):
 
 
 class RequestOutput(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str
     parameters: dict[str, Any] | None = None
 
@@ -49,6 +53,8 @@ class InferenceRequest(BaseModel):
     """`$inference_request` of the protocol. Loss parameters go in `parameters`; `outputs` picks `loss` and
     `grad_<argument>` outputs (default: `loss`). With the binary extension, the body is this JSON object
     (`Inference-Header-Content-Length` bytes long) followed by the inputs' binary data."""
+
+    model_config = ConfigDict(strict=True)
 
     id: str | None = None
     parameters: dict[str, Any] | None = None

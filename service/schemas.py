@@ -56,8 +56,8 @@ TENSOR_SCHEMA: dict[str, Any] = {
 }
 NUMBER_SCHEMA: dict[str, Any] = {
     "title": "Number",
-    "description": 'A JSON number, or "NaN", "Infinity", "-Infinity".',
-    "anyOf": [{"type": "number"}, {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}],
+    "description": 'A JSON number, "NaN", "Infinity" or "-Infinity"; booleans read as 1 and 0.',
+    "anyOf": [{"type": "number"}, {"type": "boolean"}, {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}],
 }
 EXTRA_SCHEMAS = {"Tensor": TENSOR_SCHEMA, "Number": NUMBER_SCHEMA}
 """Component schemas referenced by the generated models, added to the OpenAPI document."""
@@ -85,6 +85,8 @@ def _point_at_tensor(node: Any) -> Any:
 
 class RequestOptions(BaseModel):
     """The fields every loss request has besides the loss's own tensors and parameters."""
+
+    model_config = ConfigDict(strict=True)
 
     return_grad: bool | list[str] = Field(
         False, description=f"true: gradients of every differentiable tensor given; or a list of names. {GRAD_NOTE}"
@@ -122,7 +124,7 @@ _KIND_WORDS = {
 class LossEntry(BaseModel):
     """One loss of a /v1/evaluate request: its name, then its parameters as in its own request."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": True})
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"additionalProperties": True})
 
     name: str = Field(description="A loss name or alias from the catalog.")
     tensors: dict[str, str] | None = Field(
@@ -135,7 +137,7 @@ class LossEntry(BaseModel):
 class EvaluateRequest(BaseModel):
     """Many losses over one set of tensors, sent and decoded once."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     tensors: dict[str, TensorField] = Field(description="Tensors by name; each loss takes its arguments from here.")
     losses: list[LossEntry] = Field(min_length=1, description="The losses to compute, in order.")

@@ -29,6 +29,7 @@ class Gateway:
         self.app = app
         self.state = state
         self.keys = [key.encode() for key in state.api_keys]
+        self._static: frozenset[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,8 +92,7 @@ class Gateway:
         return None
 
     def _record(self, scope: Scope, info: dict[str, Any], seconds: float) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
+        template = info.get("route") or self._template(scope)
         loss = info.get("loss", "")
         metrics = self.state.metrics
         metrics.requests.labels(route=template, loss=loss, status=str(info["status"])).inc()
@@ -115,6 +115,16 @@ class Gateway:
                     "bytes_out": info["bytes_out"],
                 },
             )
+
+    def _template(self, scope: Scope) -> str:
+        """The route a path matched, as a template, for bounded metric labels ("unmatched" for the rest)."""
+        route = getattr(scope.get("route"), "path", None)
+        if route:
+            return str(route)
+        if self._static is None:
+            app = scope.get("app")
+            self._static = frozenset(getattr(r, "path", "") for r in getattr(app, "routes", []))
+        return str(scope["path"]) if scope["path"] in self._static else "unmatched"
 
 
 _WANTED = frozenset({b"x-request-id", b"authorization", b"content-length"})

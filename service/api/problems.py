@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from service import codec
 from service.errors import (
@@ -86,7 +87,10 @@ def problem_body(exc: LossdError) -> dict[str, Any]:
 def error_response(exc: LossdError) -> Response:
     """The problem response for a domain error."""
     body = problem_body(exc)
-    return Response(codec.dumps(body), status_code=body["status"], media_type=PROBLEM_JSON)
+    response = Response(codec.dumps(body), status_code=body["status"], media_type=PROBLEM_JSON)
+    if isinstance(exc, Overloaded):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _detail(where: str, d: ErrorDetail) -> dict[str, Any]:
@@ -104,13 +108,25 @@ async def _request_validation(_: Request, exc: Exception) -> Response:
     return problem(422, InvalidRequest.slug, InvalidRequest.title, "the request is not valid", errors)
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
     title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
     response = problem(exc.status_code, slug, title, str(exc.detail), [])
     response.headers.update(exc.headers or {})
+    if exc.status_code == 405:  # every method of every route at this path, not just the first route's
+        response.headers["Allow"] = ", ".join(sorted(_methods_at(request)))
     return response
+
+
+def _methods_at(request: Request) -> set[str]:
+    methods: set[str] = set()
+    scope = {**request.scope, "method": "GET"}  # a method that matches nothing reveals the path's routes
+    for route in request.app.routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ()) - {"HEAD"}
+    return methods
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -120,8 +136,14 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(500, "internal-error", "Internal server error", "the server failed to handle this request", [])
+    request_id = request.scope.get("lossd", {}).get("request_id", "")
+    log.error(
+        "unexpected error on %s %s", request.method, request.url.path, exc_info=exc, extra={"request_id": request_id}
+    )
+    detail = f"the server failed to handle this request; quote request id {request_id}"
+    response = problem(500, "internal-error", "Internal server error", detail, [])
+    response.headers["X-Request-ID"] = request_id
+    return response
 
 
 def install(app: FastAPI) -> None:

@@ -6,6 +6,8 @@ bytes it gets back; errors are domain exceptions turned into problems by `servic
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from service.api import problems
 from service.api.deps import AppState, StateDep, gradient_weight, require_json
+from service.codec import decompress
 from service.losses.registry import LossSpec, Registry
 
 
@@ -73,9 +76,12 @@ def build_router(registry: Registry, models: dict[str, type]) -> APIRouter:
     async def evaluate(request: Request, state: StateDep) -> Response:
         """Many losses over one set of tensors; each result, or its own problem, in request order."""
         require_json(request)
-        body = await request.body()
+        body, inflate = await _read(request, state)
         out = await state.offload(
-            state.plane.evaluate, body, problems.problem_body, size=len(body), weight=gradient_weight(body)
+            inflate,
+            partial(state.plane.evaluate, describe=problems.problem_body),
+            size=len(body),
+            weight=gradient_weight(body),
         )
         return Response(out, media_type="application/json")
 
@@ -130,7 +136,20 @@ def _endpoint(spec: LossSpec) -> Any:
 
 async def _evaluate(spec: LossSpec, request: Request, state: StateDep) -> Response:
     require_json(request)
-    body = await request.body()
-    request.scope["lossd"]["loss"] = spec.name
-    out = await state.offload(state.plane.loss, spec, body, size=len(body), weight=gradient_weight(body))
+    request.scope["lossd"] |= {"loss": spec.name, "route": "/v1/losses/{name}"}
+    body, inflate = await _read(request, state)
+    out = await state.offload(inflate, partial(state.plane.loss, spec), size=len(body), weight=gradient_weight(body))
     return Response(out, media_type="application/json")
+
+
+async def _read(request: Request, state: AppState) -> tuple[bytes, Callable[[Callable[[bytes], bytes]], bytes]]:
+    """The body, and a function that hands it, inflated, to `fn` (called in the worker thread: inflating a
+    large gzip body is CPU work too), never beyond LOSSD_MAX_BODY_BYTES."""
+    body = await request.body()
+    encoding = request.headers.get("content-encoding")
+    limit = state.settings.max_body_bytes
+
+    def inflate(fn: Callable[[bytes], bytes]) -> bytes:
+        return fn(decompress(body, encoding, limit))
+
+    return body, inflate

@@ -47,7 +47,8 @@ BINARY_TYPES = ("application/octet-stream", "application/vnd.sagemaker-triton.bi
 def error(exc: LossdError) -> JSONResponse:
     """The protocol's error body."""
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
-    return JSONResponse({"error": exc.detail}, status_code=status)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+    return JSONResponse({"error": exc.detail}, status_code=status, headers=headers)
 
 
 def _model(state: AppState, name: str, version: str | None) -> LossSpec:
@@ -135,7 +136,7 @@ async def infer(request: Request, state: StateDep, name: str, version: str | Non
     """Compute a loss (and the requested gradients) from JSON or binary tensors."""
     try:
         spec = _model(state, name, version)
-        request.scope["lossd"]["loss"] = spec.name
+        request.scope["lossd"] |= {"loss": spec.name, "route": "/v2/models/{name}/infer"}
         _require_body_type(request)
         body = await request.body()
         limit = state.settings.max_body_bytes

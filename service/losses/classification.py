@@ -131,7 +131,7 @@ def nll(input: Tensor, target: Tensor, weight: Tensor | None, p: NllParams) -> T
 class ChunkingOptions(BaseModel):
     """torch.nn.LinearCrossEntropyOptions: compute in batch chunks, never materializing (N, C) logits."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     batch_chunk_size: int | None = Field(None, ge=1, description="Rows per chunk; null lets torch choose.")
     chunking_method: str | None = Field("auto", description="torch's chunking method name ('auto' picks one).")

@@ -55,7 +55,8 @@ class TensorArg:
 class LossParams(BaseModel):
     """Base of every loss's parameter model: torch's keyword arguments, `reduction` first."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # strict: JSON types as declared (no "0.5" for a float, no 0 for false); a float still takes an integer
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     reduction: Reduction = Field("mean", description="How per-element losses are reduced: none, mean or sum.")
 

@@ -202,3 +202,10 @@ def test_large_arrays_with_tokens_or_brackets_in_strings() -> None:
     decoded = codec.decode_tensor(fast["input"], "input").tensor
     assert decoded.shape == (BIG + 1,)
     assert math.isnan(decoded[-1])
+
+
+def test_large_bodies_with_numbers_simdjson_cannot_hold() -> None:
+    body = b'{"input": [' + b"0.5," * 2000 + b'123456789012345678901234567890], "x": 1}'
+    assert len(body) >= codec.SIMD_MIN_BYTES
+    decoded = codec.decode_tensor(codec.loads(body)["input"], "input").tensor
+    assert decoded[-1].item() == 1.2345678901234568e29  # as orjson reads it

@@ -1,0 +1,284 @@
+"""Production behaviour in-process: request ids, limits, admission (queue, timeout), API keys, CORS,
+device failure, unexpected errors, metrics and the access log."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+import torch
+import torch.nn.functional as F
+from fastapi.testclient import TestClient
+
+from service import limits
+from service.app import create_app
+from service.config import Settings
+from service.losses import REGISTRY
+from tests import wire
+
+X = [[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]]
+GOOD = {"input": X, "target": [0, 2]}
+
+
+def _expected() -> torch.Tensor:
+    return F.cross_entropy(torch.tensor(X), torch.tensor([0, 2]))
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., TestClient]]:
+    """Clients of apps with other settings; the process-wide limits are restored afterwards."""
+    saved = limits.current
+    clients: list[TestClient] = []
+
+    def make(**settings: Any) -> TestClient:
+        client = TestClient(create_app(Settings(device=wire.DEVICE, **settings)), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+    limits.configure(saved)
+
+
+@pytest.fixture
+def slow_l1() -> Iterator[float]:
+    """l1 that sleeps first, so requests pile up."""
+    spec = REGISTRY.get("l1")
+    original = spec.fn
+    delay = 0.4
+
+    def slow(*args: Any, **kwargs: Any) -> torch.Tensor:
+        time.sleep(delay)
+        return original(*args, **kwargs)
+
+    object.__setattr__(spec, "fn", slow)
+    yield delay
+    object.__setattr__(spec, "fn", original)
+
+
+def test_request_ids(client: TestClient) -> None:
+    response = client.post("/v1/losses/cross_entropy", json=GOOD, headers={"X-Request-ID": "job-42.step:7"})
+    assert response.headers["x-request-id"] == "job-42.step:7"
+    generated = client.post("/v1/losses/cross_entropy", json=GOOD).headers["x-request-id"]
+    assert len(generated) == 32
+    hostile = client.post("/v1/losses/cross_entropy", json=GOOD, headers={"X-Request-ID": "a b!" * 50})
+    assert len(hostile.headers["x-request-id"]) == 32  # refused as an id: a fresh one instead
+    assert client.get("/healthz").headers["x-request-id"]
+
+
+def test_body_limit_declared_and_streamed(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_body_bytes=4096)
+    big = orjson.dumps({"input": [0.5] * 2000, "target": [0.5] * 2000})
+    response = client.post("/v1/losses/mse", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    problem = response.json()
+    assert problem["type"] == "/problems/payload-too-large"
+    assert problem["limit"] == 4096
+    assert problem["actual"] == len(big)
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while reading
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    streamed = client.post("/v1/losses/mse", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+    assert streamed.json()["limit"] == 4096
+    bomb = gzip.compress(b"[" + b"0," * 10_000 + b"0]")
+    inflated = client.post(
+        "/v1/losses/mse", content=bomb, headers={"content-type": "application/json", "content-encoding": "gzip"}
+    )
+    assert inflated.status_code == 413
+    ok = client.post("/v1/losses/cross_entropy", json=GOOD)
+    wire.assert_same(ok.json()["loss"], _expected())
+
+
+def test_gzip_bodies_are_read_by_v1(client: TestClient) -> None:
+    body = gzip.compress(orjson.dumps(GOOD))
+    response = client.post(
+        "/v1/losses/cross_entropy",
+        content=body,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    wire.assert_same(response.json()["loss"], _expected())
+
+
+def test_element_and_shape_limits(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_tensor_elements=1000, max_dims=3, max_evaluate_entries=2)
+    too_many = client.post("/v1/losses/mse", json={"input": [0.5] * 1001, "target": [0.5] * 1001})
+    assert too_many.status_code == 413
+    assert too_many.json()["limit"] == 1000
+    assert too_many.json()["actual"] == 1001
+    claimed = client.post(
+        "/v1/losses/mse", json={"input": {"b64": "", "shape": [0, 10**6], "dtype": "float32"}, "target": [1.0]}
+    )
+    assert claimed.status_code == 200  # no element at all
+    declared = client.post("/v1/losses/mse", json={"input": {"data": [], "shape": [10**7]}, "target": [1.0]})
+    assert declared.status_code == 413
+    broadcast = client.post("/v1/losses/mse", json={"input": [[0.5]] * 100, "target": [0.5] * 100})
+    assert broadcast.status_code == 413  # (100, 1) with (100,) would broadcast to 10,000 elements
+    deep = client.post("/v1/losses/mse", json={"input": [[[[0.5]]]], "target": [0.5]})
+    assert deep.status_code == 422
+    assert deep.json()["limit"] == 3
+    entries = client.post(
+        "/v1/evaluate", json={"tensors": {"input": [1.0], "target": [1.0]}, "losses": [{"name": "mse"}] * 3}
+    )
+    assert entries.status_code == 413
+    assert entries.json()["actual"] == 3
+
+
+def _concurrently(client: TestClient, count: int, body: dict[str, Any]) -> list[Any]:
+    results: list[Any] = [None] * count
+
+    def post(i: int) -> None:
+        results[i] = client.post("/v1/losses/l1", json=body)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_overload_is_refused_at_once_and_recovers(make_client: Callable[..., TestClient], slow_l1: float) -> None:
+    client = make_client(inline_max_bytes=0, max_concurrency=1, max_queue=1)
+    body = {"input": [1.0, 2.0], "target": [0.0, 0.0]}
+    responses = _concurrently(client, 6, body)
+    statuses = sorted(r.status_code for r in responses)
+    assert 503 in statuses
+    assert 200 in statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["type"] == "/problems/overloaded"
+        else:
+            assert r.json()["loss"] == 1.5
+    again = client.post("/v1/losses/l1", json=body)
+    assert again.status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'lossd_rejections_total{reason="overloaded"}' in metrics
+
+
+def test_gradient_requests_weigh_double(make_client: Callable[..., TestClient], slow_l1: float) -> None:
+    client = make_client(inline_max_bytes=0, max_concurrency=1, max_queue=1)
+    responses = _concurrently(client, 2, {"input": [1.0], "target": [0.0], "return_grad": True})
+    assert sorted(r.status_code for r in responses) == [200, 503]
+
+
+def test_timeout_frees_the_slot(make_client: Callable[..., TestClient], slow_l1: float) -> None:
+    client = make_client(inline_max_bytes=0, max_concurrency=1, request_timeout_s=0.1)
+    response = client.post("/v1/losses/l1", json={"input": [1.0], "target": [0.0]})
+    assert response.status_code == 504
+    assert response.json()["type"] == "/problems/timeout"
+    time.sleep(slow_l1)  # the abandoned computation finishes in its thread
+    ok = client.post("/v1/losses/cross_entropy", json=GOOD)
+    wire.assert_same(ok.json()["loss"], _expected())
+
+
+def test_api_keys(make_client: Callable[..., TestClient], tmp_path: Any, caplog: Any) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("first-key\nsecond-key\n")
+    for setting in ("first-key,second-key", str(keys)):
+        client = make_client(api_keys=setting)
+        with caplog.at_level(logging.INFO, logger="lossd"):
+            denied = client.post("/v1/losses/cross_entropy", json=GOOD)
+            wrong = client.post("/v1/losses/cross_entropy", json=GOOD, headers={"Authorization": "Bearer nope"})
+            allowed = client.post("/v1/losses/cross_entropy", json=GOOD, headers={"Authorization": "Bearer second-key"})
+        assert denied.status_code == 401
+        assert denied.headers["www-authenticate"].startswith("Bearer")
+        assert denied.json()["type"] == "/problems/unauthorized"
+        assert wrong.status_code == 401
+        assert allowed.status_code == 200
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.get("/v1/losses").status_code == 401
+        v2 = client.get("/v2/models/mse")
+        assert v2.status_code == 401
+        assert "error" in v2.json()
+        assert "second-key" not in caplog.text
+
+
+def test_cors_is_off_by_default_and_configurable(client: TestClient, make_client: Callable[..., TestClient]) -> None:
+    preflight = {"Origin": "https://eval.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in client.options("/v1/losses/mse", headers=preflight).headers
+    cors = make_client(cors_origins="https://eval.example")
+    allowed = cors.options("/v1/losses/mse", headers=preflight)
+    assert allowed.headers["access-control-allow-origin"] == "https://eval.example"
+
+
+def test_device_failure_stops_the_process(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    state = client.app.state.lossd  # type: ignore[attr-defined]
+    exits: list[bool] = []
+    state.request_exit = lambda: exits.append(True)
+    spec = REGISTRY.get("l1")
+    original = spec.fn
+
+    def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise torch.AcceleratorError("CUDA error: device-side assert triggered")
+
+    object.__setattr__(spec, "fn", broken)
+    try:
+        response = client.post("/v1/losses/l1", json={"input": [1.0], "target": [0.0]})
+    finally:
+        object.__setattr__(spec, "fn", original)
+    assert response.status_code == 503
+    assert response.json()["type"] == "/problems/device-failure"
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/v2/health/ready").status_code == 503
+    assert client.get("/healthz").status_code == 200  # alive, on its way out
+    time.sleep(0.7)
+    assert exits == [True]
+
+
+def test_unexpected_errors_leak_nothing(make_client: Callable[..., TestClient], caplog: Any) -> None:
+    client = make_client()
+    spec = REGISTRY.get("l1")
+    original = spec.fn
+
+    def bug(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise KeyError("/secret/path/in/the/trace")
+
+    object.__setattr__(spec, "fn", bug)
+    try:
+        with caplog.at_level(logging.ERROR, logger="lossd"):
+            response = client.post(
+                "/v1/losses/l1", json={"input": [1.0], "target": [0.0]}, headers={"X-Request-ID": "r1"}
+            )
+    finally:
+        object.__setattr__(spec, "fn", original)
+    assert response.status_code == 500
+    assert response.json()["type"] == "/problems/internal-error"
+    assert "secret" not in response.text
+    assert "r1" in response.json()["detail"]
+    assert "/secret/path" in caplog.text  # the trace goes to the log
+
+
+def test_metrics_and_access_log(client: TestClient, caplog: Any) -> None:
+    with caplog.at_level(logging.INFO, logger="lossd.access"):
+        client.post("/v1/losses/cross_entropy", json=GOOD, headers={"X-Request-ID": "m-1"})
+    record = next(r for r in caplog.records if getattr(r, "request_id", None) == "m-1")
+    assert record.__dict__["route"] == "/v1/losses/{name}"
+    assert record.__dict__["loss"] == "cross_entropy"
+    assert record.__dict__["status"] == 200
+    assert record.__dict__["bytes_in"] > 0
+    text = client.get("/metrics").text
+    for name in (
+        'lossd_requests_total{loss="cross_entropy",route="/v1/losses/{name}",status="200"}',
+        "lossd_request_duration_seconds_bucket",
+        "lossd_request_body_bytes_bucket",
+        'lossd_elements_total{loss="cross_entropy"}',
+        "lossd_requests_in_flight",
+        "lossd_requests_queued",
+        "lossd_device_info",
+    ):
+        assert name in text, name
