@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint typecheck pytest openapi docs install install-dev install-bench bench bench-quick clean
+.PHONY: serve test lint typecheck pytest openapi docs install install-dev install-bench bench bench-quick loadtest clean
 
 $(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench: install-bench
 ## bench-quick: N=1 and N=1,000 only (under 2 minutes), written to bench/RESULTS-quick.md
 bench-quick: install-bench
 	$(PY) bench/run.py --quick --out bench/RESULTS-quick.md
+
+## loadtest: a bounded load run (20,000 requests or 2 minutes) against a freshly started service
+loadtest: install-dev
+	$(PY) scripts/loadtest.py --spawn --requests 20000 --seconds 120 --clients 16
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     device = resolve_device(settings.device)
     metrics = Metrics(str(device))
-    plane = DataPlane(REGISTRY, device, on_elements=lambda loss, n: metrics.elements.labels(loss=loss).inc(n))
+    plane = DataPlane(REGISTRY, device, on_elements=metrics.computed)
     state = AppState(
         settings=settings,
         plane=plane,

@@ -67,7 +67,7 @@ def loads(body: bytes) -> Any:
     for arrays holding anything but numbers, the body is read like a small one. Bodies made of a few
     long strings (base64 tensors) go to orjson directly: it reads strings faster.
     """
-    if len(body) >= SIMD_MIN_BYTES and body.count(b",", 0, 1 << 16) >= 256:  # numbers, not base64 text
+    if len(body) >= SIMD_MIN_BYTES and body.count(b",", 0, 4096) >= 64:  # arrays of numbers, not base64 text
         fast = _loads_flat_arrays(body)
         if fast is not None:
             return fast

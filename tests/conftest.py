@@ -22,7 +22,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def app() -> FastAPI:
-    return create_app(Settings(device=wire.DEVICE))
+    return create_app(Settings(device=wire.DEVICE, log_level="warning"))
 
 
 @pytest.fixture(scope="session")

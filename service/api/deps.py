@@ -90,18 +90,18 @@ class AppState:
                 actual=self.pending + weight,
             )
         self.pending += weight
-        metrics.queued.inc(weight)
+        metrics.queued += weight
         queued = True
         try:
             with anyio.fail_after(settings.request_timeout_s):
                 async with self.limiter:
-                    metrics.queued.dec(weight)
+                    metrics.queued -= weight
                     queued = False
-                    metrics.computing.inc()
+                    metrics.computing += 1
                     try:
                         return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
                     finally:
-                        metrics.computing.dec()
+                        metrics.computing -= 1
         except TimeoutError:
             metrics.rejections.labels(reason="timeout").inc()
             raise ComputeTimeout(
@@ -110,7 +110,7 @@ class AppState:
         finally:
             self.pending -= weight
             if queued:
-                metrics.queued.dec(weight)
+                metrics.queued -= weight
 
     def fail(self) -> None:
         """The device is broken: report not ready at once, and stop the process so it is restarted."""
@@ -142,5 +142,11 @@ def require_json(request: Request) -> None:
 
 
 def gradient_weight(body: bytes) -> int:
-    """2 for a request that may ask for gradients (they hold about twice the memory), else 1."""
-    return 2 if b'"return_grad"' in body or b'"grad_' in body[:65536] else 1
+    """2 for a request that may ask for gradients (they hold about twice the memory), else 1.
+
+    Looks only at the first and last 4 KiB, where the small fields of a body sit (an estimate for
+    admission, which must not cost a scan of a large body).
+    """
+    edge = 4096
+    found = body.find(b'"return_grad"', 0, edge) >= 0 or body.find(b'"grad_', 0, edge) >= 0
+    return 2 if found or body.find(b'"return_grad"', max(len(body) - edge, 0)) >= 0 else 1

@@ -4,15 +4,17 @@ metrics and the one JSON log line. Pure ASGI because it sits on the hot path of 
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
 import re
 import time
 import uuid
 from typing import Any
 
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import problems, v2
+from service.api import problems, v1, v2
 from service.api.deps import AppState
 from service.errors import LossdError, PayloadTooLarge, Unauthorized
 
@@ -22,6 +24,9 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/
 """Routes that answer without an API key: orchestrators probe them."""
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_PROCESS = uuid.uuid4().hex[:16]
+_SEQUENCE = itertools.count()
+"""Generated ids: 16 random hex digits per process, then a counter (32 hex digits, unique across replicas)."""
 
 
 class Gateway:
@@ -37,7 +42,7 @@ class Gateway:
             return
         headers = {k: v for k, v in scope["headers"] if k in _WANTED}
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if given and _REQUEST_ID.match(given) else f"{_PROCESS}{next(_SEQUENCE):016x}"
         info: dict[str, Any] = {"request_id": request_id, "status": 500, "bytes_in": 0, "bytes_out": 0}
         scope["lossd"] = info
         metrics = self.state.metrics
@@ -62,17 +67,31 @@ class Gateway:
                     )
             return message
 
-        metrics.in_flight.inc()
+        metrics.in_flight += 1
         try:
             refusal = self._refusal(scope["path"], headers, limit)
             if refusal is not None:
                 metrics.rejections.labels(reason=refusal.slug).inc()
                 await _respond(refusal, scope, receive, send_with_id)
+            elif scope["method"] == "POST" and scope["path"].startswith(_LOSSES) and "/" not in scope["path"][11:]:
+                await self._compute_loss(scope, counted_receive, send_with_id)
             else:
                 await self.app(scope, counted_receive, send_with_id)
         finally:
-            metrics.in_flight.dec()
+            metrics.in_flight -= 1
             self._record(scope, info, time.perf_counter() - start)
+
+    async def _compute_loss(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /v1/losses/{name}, straight to its endpoint: routing and the framework's middleware
+        cost more than a small loss itself. Errors become problems here as the app's handlers would
+        make them; anything unexpected still reaches the app's 500 handler."""
+        try:
+            response = await v1.compute_loss(Request(scope, receive), scope["path"][11:], self.state)
+        except LossdError as exc:
+            response = problems.error_response(exc)
+        except ClientDisconnect:
+            return
+        await response(scope, receive, send)
 
     def _refusal(self, path: str, headers: dict[bytes, bytes], limit: int) -> LossdError | None:
         """Why a request is refused before it is read: no valid key, or a declared body over the limit."""
@@ -94,12 +113,7 @@ class Gateway:
     def _record(self, scope: Scope, info: dict[str, Any], seconds: float) -> None:
         template = info.get("route") or self._template(scope)
         loss = info.get("loss", "")
-        metrics = self.state.metrics
-        metrics.requests.labels(route=template, loss=loss, status=str(info["status"])).inc()
-        metrics.latency.labels(route=template, loss=loss).observe(seconds)
-        if info["bytes_in"]:
-            metrics.body_bytes.labels(route=template).observe(info["bytes_in"])
-        metrics.response_bytes.labels(route=template).observe(info["bytes_out"])
+        self.state.metrics.record(template, loss, info["status"], seconds, info["bytes_in"])
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "request",
@@ -127,6 +141,7 @@ class Gateway:
         return str(scope["path"]) if scope["path"] in self._static else "unmatched"
 
 
+_LOSSES = "/v1/losses/"
 _WANTED = frozenset({b"x-request-id", b"authorization", b"content-length"})
 
 

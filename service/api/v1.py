@@ -85,18 +85,21 @@ def build_router(registry: Registry, models: dict[str, type]) -> APIRouter:
         )
         return Response(out, media_type="application/json")
 
-    async def compute_loss(request: Request) -> Response:
-        """Compute the loss `name` (or alias); an unknown name is a 404 naming close matches.
+    async def route(request: Request) -> Response:
+        return await compute_loss(request, request.path_params["name"], request.app.state.lossd)
 
-        The hot path: one plain Starlette route serves every loss, so a request is routed by one
-        pattern instead of a scan of one route per loss, without dependency injection; each loss's
-        own documented operation comes from `documented_routes`.
-        """
-        state: AppState = request.app.state.lossd
-        return await _evaluate(state.plane.registry.get(request.path_params["name"]), request, state)
-
-    router.routes.append(Route("/v1/losses/{name}", compute_loss, methods=["POST"], include_in_schema=False))
+    router.routes.append(Route("/v1/losses/{name}", route, methods=["POST"], include_in_schema=False))
     return router
+
+
+async def compute_loss(request: Request, name: str, state: AppState) -> Response:
+    """Compute the loss `name` (or alias); an unknown name is a 404 naming close matches.
+
+    The hot path: the gateway middleware calls this directly for `POST /v1/losses/{name}`, without
+    routing or dependency injection (the route above serves the same path otherwise); each loss's
+    own documented operation comes from `documented_routes`.
+    """
+    return await _evaluate(state.plane.registry.get(name), request, state)
 
 
 def documented_routes(registry: Registry, models: dict[str, type]) -> list[BaseRoute]:

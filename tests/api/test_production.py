@@ -37,6 +37,7 @@ def make_client() -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def make(**settings: Any) -> TestClient:
+        settings = {"log_level": "warning"} | settings
         client = TestClient(create_app(Settings(device=wire.DEVICE, **settings)), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)

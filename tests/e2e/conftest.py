@@ -17,6 +17,9 @@ from tests import wire
 
 ROOT = Path(__file__).resolve().parents[2]
 
+PIDS: dict[str, int] = {}
+"""The process id of each running test server, by URL."""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -24,33 +27,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[str]:
+def start_server(**env: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """`python -m service` on a free loopback port, ready to answer."""
     port = free_port()
-    env = os.environ | {
+    settings = {
         "LOSSD_HOST": "127.0.0.1",
         "LOSSD_PORT": str(port),
         "LOSSD_DEVICE": wire.DEVICE,
         "LOSSD_LOG_LEVEL": "warning",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=os.environ | settings | env)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, "the service exited during start-up"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return url, proc
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the service did not become ready in 60 s"
+        time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, "the service exited during start-up"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not become ready in 60 s"
-            time.sleep(0.2)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[str]:
+    url, proc = start_server()
+    PIDS[url] = proc.pid
+    try:
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
