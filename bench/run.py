@@ -416,6 +416,9 @@ def report(results: list[Result], split: str | None, quick: bool, seconds: int) 
         ]
     if quick:
         lines += ["", "(quick run: N=1 and N=1,000 only)"]
+    notes = HERE / "NOTES.md"
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 
 
