@@ -283,3 +283,27 @@ def test_metrics_and_access_log(client: TestClient, caplog: Any) -> None:
         "lossd_device_info",
     ):
         assert name in text, name
+
+
+def test_sigterm_turns_readiness_off() -> None:
+    """The lifespan wraps SIGTERM: readiness is 503 from the signal on, while uvicorn drains."""
+    import asyncio
+    import signal
+
+    import httpx
+
+    app = create_app(Settings(device=wire.DEVICE, log_level="warning"))
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # stands in for uvicorn's handler
+
+    async def scenario() -> tuple[int, int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://lossd") as client:
+                before = (await client.get("/readyz")).status_code
+                signal.raise_signal(signal.SIGTERM)
+                return before, (await client.get("/readyz")).status_code
+
+    try:
+        assert asyncio.run(scenario()) == (200, 503)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
