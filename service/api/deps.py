@@ -55,9 +55,17 @@ class AppState:
         value = (self.settings.api_keys or "").strip()
         if not value:
             return []
-        path = Path(value)
-        text = path.read_text() if "," not in value and path.is_file() else value.replace(",", "\n")
-        return [key.strip() for key in text.splitlines() if key.strip()]
+        if value.startswith(("/", "./")):  # a file, as a mounted Secret provides: it must be there
+            path = Path(value)
+            if not path.is_file():
+                raise RuntimeError(f"LOSSD_API_KEYS names {value}, which is not a readable file")
+            text = path.read_text()
+        else:
+            text = value.replace(",", "\n")
+        keys = [key.strip() for key in text.splitlines() if key.strip()]
+        if not keys:
+            raise RuntimeError("LOSSD_API_KEYS is set but holds no key")
+        return keys
 
     @property
     def ready(self) -> bool:
