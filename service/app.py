@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(Gateway, state=state)  # outermost: ids, keys, limits, metrics and logs for all
     problems.install(app)
-    app.include_router(v1.build_router(REGISTRY, plane.models))  # the busiest routes first: matched in order
+    app.include_router(v1.build_router())  # the busiest routes first: routes are matched in order
     app.include_router(v2.router)
     app.include_router(health.router)
     documented = v1.documented_routes(REGISTRY, plane.models)
