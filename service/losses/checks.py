@@ -40,6 +40,15 @@ def broadcastable(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
     limits.tensor_elements(f"{name} broadcast with {ref_name}", shape)
 
 
+def same_ndim_broadcastable(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
+    """As torch requires of pairs and triplets: as many dimensions as `ref`, and broadcastable with it."""
+    if t.ndim != ref.ndim:
+        raise ShapeMismatch(
+            f"{name} must have as many dimensions as {ref_name} ({ref.ndim}), got shape {shape_of(t)}", loc=(name,)
+        )
+    broadcastable(name, t, ref_name, ref)
+
+
 def broadcast_target(input: Tensor, target: Tensor, target_name: str = "target") -> list[str]:
     """Accept `target` if it broadcasts against `input`, as torch does; warn when shapes differ.
 

@@ -23,15 +23,9 @@ class MarginRankingParams(LossParams):
 
 def check_margin_ranking(t: Mapping[str, Tensor], p: MarginRankingParams) -> Sequence[str]:
     """input1, input2 and target of one dimensionality, broadcastable, target +1/-1."""
-    input1, input2, target = t["input1"], t["input2"], t["target"]
-    for name, other in (("input2", input2), ("target", target)):
-        if other.ndim != input1.ndim:
-            raise ShapeMismatch(
-                f"{name} must have as many dimensions as input1 ({input1.ndim}), got shape {checks.shape_of(other)}",
-                loc=(name,),
-            )
-        checks.broadcastable(name, other, "input1", input1)
-    checks.signs("target", target)
+    for name in ("input2", "target"):
+        checks.same_ndim_broadcastable(name, t[name], "input1", t["input1"])
+    checks.signs("target", t["target"])
     return []
 
 
@@ -120,14 +114,8 @@ TRIPLET = (
 
 def check_triplet(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
     """anchor, positive and negative of one dimensionality, broadcastable."""
-    anchor = t["anchor"]
     for name in ("positive", "negative"):
-        if t[name].ndim != anchor.ndim:
-            raise ShapeMismatch(
-                f"{name} must have as many dimensions as anchor ({anchor.ndim}), got shape {checks.shape_of(t[name])}",
-                loc=(name,),
-            )
-        checks.broadcastable(name, t[name], "anchor", anchor)
+        checks.same_ndim_broadcastable(name, t[name], "anchor", t["anchor"])
     return []
 
 
