@@ -175,12 +175,14 @@ def test_gradient_requests_weigh_double(make_client: Callable[..., TestClient], 
 
 
 def test_timeout_frees_the_slot(make_client: Callable[..., TestClient], slow_l1: float) -> None:
-    client = make_client(inline_max_bytes=0, max_concurrency=1, request_timeout_s=0.1)
+    client = make_client(inline_max_bytes=0, max_concurrency=1, request_timeout_s=slow_l1 / 2)
     response = client.post("/v1/losses/l1", json={"input": [1.0], "target": [0.0]})
     assert response.status_code == 504
     assert response.json()["type"] == "/problems/timeout"
+    assert client.app.state.lossd.pending == 0  # type: ignore[attr-defined]  # the slot is free again
     time.sleep(slow_l1)  # the abandoned computation finishes in its thread
     ok = client.post("/v1/losses/cross_entropy", json=GOOD)
+    assert ok.status_code == 200, ok.text
     wire.assert_same(ok.json()["loss"], _expected())
 
 
