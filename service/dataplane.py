@@ -46,7 +46,6 @@ class DataPlane:
             for arg in spec.tensors
             if (value := getattr(request, arg.name)) is not None
         }
-        check_elements(raw)
         return codec.dumps(encode_result(self.run(spec, request, raw), request.output_encoding))
 
     def evaluate(self, body: bytes, describe: Describe) -> bytes:
@@ -101,7 +100,6 @@ class DataPlane:
         try:
             params = self.validate(self.models[spec.name], fields | dict.fromkeys(given, True))
             raw = {arg.name: pool.raw(given[arg.name], arg.kind) for arg in spec.tensors if arg.name in given}
-            check_elements(raw)
             result = self.run(spec, params, raw, pool)
             return {"name": spec.name, "status": 200, **encode_result(result, params.output_encoding)}
         except LossdError as exc:
@@ -113,6 +111,7 @@ class DataPlane:
     ) -> compute.LossResult:
         """The shared core of every protocol: dtypes by kind, then checks, loss and gradients on the device."""
         assert isinstance(request, schemas.RequestOptions)
+        check_elements(raw)
         if self.on_elements is not None:
             self.on_elements(spec.name, sum(r.tensor.numel() for r in raw.values()))
         tensors = compute.prepare(spec, raw, pool.cast) if pool else compute.prepare(spec, raw)

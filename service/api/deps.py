@@ -67,9 +67,18 @@ class AppState:
             raise RuntimeError("LOSSD_API_KEYS is set but holds no key")
         return keys
 
-    @property
-    def ready(self) -> bool:
-        return not (self.failed or self.draining)
+    async def not_ready(self) -> str | None:
+        """Why the server is not ready (device failed, draining, device unusable), or None when it is."""
+        if self.failed:
+            return "the compute device failed"
+        if self.draining:
+            return "the server is shutting down"
+        try:
+            usable = await self.offload(self.plane.ready)
+        except Exception as exc:  # any device failure means not ready, whatever its type
+            log.error("readiness check failed: %s", exc)
+            usable = False
+        return None if usable else "the compute device is not usable"
 
     async def offload(self, fn: Callable[..., T], *args: Any, size: int = 0, weight: int = 1) -> T:
         """Run CPU/GPU-bound work, admitting it under the concurrency, queue and time limits.
@@ -136,17 +145,24 @@ async def get_state(request: Request) -> AppState:  # async: FastAPI would run a
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def require_json(request: Request) -> None:
-    """Refuse bodies declared as anything but JSON (a missing content type is read as JSON)."""
+BINARY_TYPES = ("application/octet-stream", "application/vnd.sagemaker-triton.binary+json")
+"""Content types of bodies with binary tensor data (the Open Inference Protocol's extension)."""
+
+
+def require_json(request: Request, *, binary: bool = False) -> None:
+    """Refuse bodies declared as anything but JSON, or JSON with binary data where `binary` allows it
+    (a missing content type is read as JSON)."""
     content_type = request.headers.get("content-type")
     if content_type is None:
         return
     media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"expected content-type application/json, got {media_type!r} (curl: -H 'content-type: application/json')",
-            loc=("content-type",),
-        )
+    if media_type == "application/json" or media_type.endswith("+json") or (binary and media_type in BINARY_TYPES):
+        return
+    expected = "application/json or application/octet-stream" if binary else "application/json"
+    raise UnsupportedMediaType(
+        f"expected content-type {expected}, got {media_type!r} (curl: -H 'content-type: application/json')",
+        loc=("content-type",),
+    )
 
 
 def gradient_weight(body: bytes) -> int:

@@ -22,16 +22,9 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", operation_id="health-ready", responses={503: {"description": "Not ready"}})
 async def readyz(state: StateDep) -> Any:
     """Ready: the registry is loaded and the compute device runs a computation."""
-    if not state.ready:
-        why = "the compute device failed" if state.failed else "the server is shutting down"
+    why = await state.not_ready()
+    if why is not None:
         return problems.problem(503, "not-ready", "Not ready", why, [])
-    try:
-        ready = await state.offload(state.plane.ready)
-    except Exception as exc:  # any device failure means not ready, whatever its type
-        problems.log.error("readiness check failed: %s", exc)
-        ready = False
-    if not ready:
-        return problems.problem(503, "not-ready", "Not ready", "the compute device is not usable", [])
     return {"status": "ready", "device": str(state.plane.device), "losses": len(state.plane.registry)}
 
 

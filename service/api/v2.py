@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import oip
-from service.api.deps import AppState, StateDep, gradient_weight
+from service.api.deps import AppState, StateDep, gradient_weight, require_json
 from service.codec import compress, decompress
 from service.errors import (
     ComputeTimeout,
@@ -40,8 +40,6 @@ STATUS: dict[type[LossdError], int] = {
     ComputeTimeout: 504,
 }
 """Any other domain error is the protocol's 400."""
-
-BINARY_TYPES = ("application/octet-stream", "application/vnd.sagemaker-triton.binary+json")
 
 
 def error(exc: LossdError) -> JSONResponse:
@@ -75,10 +73,7 @@ async def server_live() -> dict[str, bool]:
 @router.get("/health/ready", operation_id="v2-server-ready", responses={503: {"description": "Not ready"}})
 async def server_ready(state: StateDep) -> JSONResponse:
     """The server is ready: registry loaded, device usable."""
-    try:
-        ready = state.ready and await state.offload(state.plane.ready)
-    except Exception:  # any device failure means not ready
-        ready = False
+    ready = await state.not_ready() is None
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
@@ -137,7 +132,7 @@ async def infer(request: Request, state: StateDep, name: str, version: str | Non
     try:
         spec = _model(state, name, version)
         request.scope["lossd"] |= {"loss": spec.name, "route": "/v2/models/{name}/infer"}
-        _require_body_type(request)
+        require_json(request, binary=True)
         body = await request.body()
         limit = state.settings.max_body_bytes
         encoding = request.headers.get("content-encoding")
@@ -159,15 +154,3 @@ def _infer(
 ) -> tuple[bytes | memoryview, int | None]:
     plain = decompress(body, encoding, limit)
     return oip.infer(state.plane, spec, plain, headers.get("inference-header-content-length"))
-
-
-def _require_body_type(request: Request) -> None:
-    content_type = request.headers.get("content-type")
-    if content_type is None:
-        return
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json") and media_type not in BINARY_TYPES:
-        raise UnsupportedMediaType(
-            f"expected content-type application/json or application/octet-stream, got {media_type!r}",
-            loc=("content-type",),
-        )
