@@ -40,6 +40,12 @@ def broadcastable(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
     limits.tensor_elements(f"{name} broadcast with {ref_name}", shape)
 
 
+def ndim_in(name: str, t: Tensor, allowed: tuple[int, ...], shapes: str) -> None:
+    """Require `t` to have one of the `allowed` numbers of dimensions; `shapes` says them in torch's words."""
+    if t.ndim not in allowed:
+        raise ShapeMismatch(f"{name} must have shape {shapes}, got {shape_of(t)}", loc=(name,))
+
+
 def same_ndim_broadcastable(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
     """As torch requires of pairs and triplets: as many dimensions as `ref`, and broadcastable with it."""
     if t.ndim != ref.ndim:

@@ -168,8 +168,7 @@ def _logits_shape(t: Mapping[str, Tensor]) -> tuple[int, ...]:
 def check_linear_cross_entropy(t: Mapping[str, Tensor], p: LinearCrossEntropyParams) -> Sequence[str]:
     """Input (H) or (N, H), linear_weight (C, ..., H), bias (C, ...), then cross_entropy's target rules."""
     input, linear_weight, target = t["input"], t["linear_weight"], t["target"]
-    if input.ndim not in (1, 2):
-        raise ShapeMismatch(f"input must have shape (H) or (N, H), got {checks.shape_of(input)}", loc=("input",))
+    checks.ndim_in("input", input, (1, 2), "(H) or (N, H)")
     if linear_weight.ndim < 2 or linear_weight.shape[-1] != input.shape[-1]:
         raise ShapeMismatch(
             f"linear_weight must have shape (C, ..., H) with H={input.shape[-1]} (input's last dimension), "
@@ -320,8 +319,7 @@ def soft_margin(input: Tensor, target: Tensor, p: LossParams) -> Tensor:
 def check_multilabel_margin(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
     """Target of input's shape; in each row, the indices before the first -1 lie in [0, C)."""
     input, target = t["input"], t["target"]
-    if input.ndim not in (1, 2):
-        raise ShapeMismatch(f"input must have shape (C) or (N, C), got {checks.shape_of(input)}", loc=("input",))
+    checks.ndim_in("input", input, (1, 2), "(C) or (N, C)")
     checks.same_shape("target", target, "input", input)
     before_padding = (target == -1).cumsum(-1) == 0
     checks.class_indices_in_range(target, int(input.shape[-1]), None, where=before_padding)
@@ -379,8 +377,7 @@ class MultiMarginParams(LossParams):
 
 def check_multi_margin(t: Mapping[str, Tensor], p: MultiMarginParams) -> Sequence[str]:
     """Input (C) or (N, C), target () or (N) class indices in [0, C), weight (C)."""
-    if t["input"].ndim not in (1, 2):
-        raise ShapeMismatch(f"input must have shape (C) or (N, C), got {checks.shape_of(t['input'])}", loc=("input",))
+    checks.ndim_in("input", t["input"], (1, 2), "(C) or (N, C)")
     check_class_indices(t, None)
     return []
 

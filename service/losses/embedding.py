@@ -75,8 +75,7 @@ class CosineEmbeddingParams(LossParams):
 def check_cosine_embedding(t: Mapping[str, Tensor], p: CosineEmbeddingParams) -> Sequence[str]:
     """input1, input2 of one shape (N, D) or (D); target (N) or () of +1/-1."""
     input1, input2, target = t["input1"], t["input2"], t["target"]
-    if input1.ndim not in (1, 2):
-        raise ShapeMismatch(f"input1 must have shape (N, D) or (D), got {checks.shape_of(input1)}", loc=("input1",))
+    checks.ndim_in("input1", input1, (1, 2), "(N, D) or (D)")
     checks.same_shape("input2", input2, "input1", input1)
     if target.shape != input1.shape[:-1]:
         raise ShapeMismatch(

@@ -25,10 +25,7 @@ def check_ctc(t: Mapping[str, Tensor], p: CtcParams) -> Sequence[str]:
     """Lengths consistent with the tensors, used labels in [0, C) and not blank (checked before any kernel)."""
     log_probs, targets = t["log_probs"], t["targets"]
     input_lengths, target_lengths = t["input_lengths"], t["target_lengths"]
-    if log_probs.ndim not in (2, 3):
-        raise ShapeMismatch(
-            f"log_probs must have shape (T, N, C) or (T, C), got {checks.shape_of(log_probs)}", loc=("log_probs",)
-        )
+    checks.ndim_in("log_probs", log_probs, (2, 3), "(T, N, C) or (T, C)")
     steps, classes = int(log_probs.shape[0]), int(log_probs.shape[-1])
     batched = log_probs.ndim == 3
     lengths_shape = [int(log_probs.shape[1])] if batched else []
