@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint typecheck pytest openapi docs install install-dev install-bench bench bench-quick loadtest clean
+.PHONY: serve test lint typecheck pytest openapi docs install install-dev install-browser install-bench bench bench-quick loadtest clean
 
 $(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
 	touch $@
 
 install: $(VENV)/.runtime
-install-dev: $(VENV)/.dev
+install-dev: $(VENV)/.dev install-browser
+## install-browser: Debian's chromium (as root, when missing) for tests/e2e/test_browser.py
+install-browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium is not installed: tests/e2e/test_browser.py will fail until it is on PATH"
 install-bench: $(VENV)/.bench
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; }; }; } || \
@@ -51,12 +56,12 @@ openapi: install
 docs: install
 	$(PY) -m service.docs
 
-## bench: lossd against its peers (about 6 minutes), results in bench/RESULTS.md, profiles in bench/
+## bench: lossd (its defaults, plus a "log off" row) against its peers (about 7 minutes): results, targets and gc pauses in bench/RESULTS.md, profiles in bench/
 bench: install-bench
 	$(PY) bench/run.py
 	$(PY) bench/profile.py
 
-## bench-quick: N=1 and N=1,000 only (under 2 minutes), written to bench/RESULTS-quick.md
+## bench-quick: N=1 and N=1,000 only (about 2 minutes), written to bench/RESULTS-quick.md
 bench-quick: install-bench
 	$(PY) bench/run.py --quick --out bench/RESULTS-quick.md
 

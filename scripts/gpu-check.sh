@@ -17,12 +17,16 @@ else
 fi
 "$PY" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print("torch", torch.__version__, "on", torch.cuda.get_device_name())' || exit 1
 status=0
-# without a registry, the machine may lack the clients some suites use (tritonclient, schemathesis, node):
+# without a registry, the machine may lack the clients some suites use (tritonclient, schemathesis, node,
+# chromium, a JDK):
 # those suites skip themselves or are left out; everything that computes a loss runs on CUDA
 extra=()
 "$PY" -c "import tritonclient" 2>/dev/null || extra+=(--ignore=tests/e2e/test_tritonclient.py)
 "$PY" -c "import schemathesis" 2>/dev/null || extra+=(--ignore=tests/contract/test_schemathesis.py)
-LOSSD_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider -W "ignore::DeprecationWarning" \
+command -v chromium >/dev/null || extra+=(--ignore=tests/e2e/test_browser.py)
+command -v java >/dev/null && command -v curl >/dev/null || extra+=(--ignore=tests/e2e/test_http_clients.py)
+command -v node >/dev/null || extra+=(--ignore=tests/e2e/test_node_client.py)
+LOSSD_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider -n "${GPU_CHECK_WORKERS:-6}" -W "ignore::DeprecationWarning" \
   tests/contract tests/api tests/e2e "${extra[@]}" || status=$?
 "$PY" scripts/gpu_timings.py || status=$?
 exit $status

@@ -25,9 +25,9 @@ import simdjson
 import torch
 from torch import Tensor
 
-from service import limits
 from service.compute import RawTensor
 from service.errors import InvalidTensor, Loc, MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from service.limits import DEFAULTS, Limits
 from service.losses.registry import TensorKind
 
 Encoding = Literal["json", "base64"]
@@ -67,7 +67,9 @@ def loads(body: bytes) -> Any:
     for arrays holding anything but numbers, the body is read like a small one. Bodies made of a few
     long strings (base64 tensors) go to orjson directly: it reads strings faster.
     """
-    if len(body) >= SIMD_MIN_BYTES and body.count(b",", 0, 4096) >= 64:  # arrays of numbers, not base64 text
+    head = body[:4096]
+    # arrays of numbers, not base64 text; and not nested ("[[" at the start), which only orjson reads whole
+    if len(body) >= SIMD_MIN_BYTES and head.count(b",") >= 64 and b"[[" not in head:
         fast = _loads_flat_arrays(body)
         if fast is not None:
             return fast
@@ -127,29 +129,30 @@ def dumps(value: Any) -> bytes:
 # --- decoding -------------------------------------------------------------------------------------
 
 
-def decode_tensor(value: Any, name: str, kind: TensorKind = TensorKind.FLOAT) -> RawTensor:
-    """Read one tensor argument in any wire form. `kind` picks the default dtype of base64 payloads."""
+def decode_tensor(value: Any, name: str, kind: TensorKind = TensorKind.FLOAT, limits: Limits = DEFAULTS) -> RawTensor:
+    """Read one tensor argument in any wire form, within `limits`. `kind` picks the default dtype of
+    base64 payloads."""
     if isinstance(value, dict):
         if "b64" in value:
-            return _decode_b64(value, name, kind)
+            return _decode_b64(value, name, kind, limits)
         if "data" in value:
-            return _decode_flat(value, name)
+            return _decode_flat(value, name, limits)
         raise InvalidTensor(
             f"{name}: a tensor object needs 'data' (flat numbers) or 'b64' (base64 bytes), with 'shape' and 'dtype'",
             loc=(name,),
         )
-    return RawTensor(_nested_to_tensor(value, (name,)), typed=False)
+    return RawTensor(_nested_to_tensor(value, (name,), limits.max_dims), typed=False)
 
 
-def _decode_flat(obj: dict[str, Any], name: str) -> RawTensor:
+def _decode_flat(obj: dict[str, Any], name: str, limits: Limits) -> RawTensor:
     _only_keys(obj, name, {"data", "shape", "dtype"})
     data = obj["data"]
     if not isinstance(data, list | np.ndarray):
         raise InvalidTensor(f"{name}.data must be a flat JSON array of numbers", loc=(name, "data"))
-    flat = _nested_to_tensor(data, (name, "data"))
+    flat = _nested_to_tensor(data, (name, "data"), limits.max_dims)
     if flat.ndim != 1:
         raise InvalidTensor(f"{name}.data must be a flat array; put the dimensions in 'shape'", loc=(name, "data"))
-    tensor = _reshape(flat, _shape(obj.get("shape", list(flat.shape)), name), name)
+    tensor = _reshape(flat, _shape(obj.get("shape", list(flat.shape)), name, limits), name)
     if "dtype" not in obj:
         return RawTensor(tensor, typed=False)
     return RawTensor(_cast(tensor, _dtype(obj["dtype"], name), (name, "data")), typed=True)
@@ -163,7 +166,7 @@ def _reshape(flat: Tensor, shape: list[int], name: str) -> Tensor:
     return flat.reshape(shape)
 
 
-def _decode_b64(obj: dict[str, Any], name: str, kind: TensorKind) -> RawTensor:
+def _decode_b64(obj: dict[str, Any], name: str, kind: TensorKind, limits: Limits) -> RawTensor:
     _only_keys(obj, name, {"b64", "shape", "dtype"})
     if "dtype" in obj:
         dtype = _dtype(obj["dtype"], name)
@@ -187,7 +190,7 @@ def _decode_b64(obj: dict[str, Any], name: str, kind: TensorKind) -> RawTensor:
             f"{name}: {len(raw)} bytes is not a whole number of {DTYPE_NAMES[dtype]} elements ({itemsize} bytes each)",
             loc=(name, "b64"),
         )
-    shape = _shape(obj.get("shape", [len(raw) // itemsize]), name)
+    shape = _shape(obj.get("shape", [len(raw) // itemsize]), name, limits)
     return RawTensor(from_bytes(raw, dtype, shape, (name, "b64")), typed=True)
 
 
@@ -218,19 +221,19 @@ def _dtype(value: Any, name: str) -> torch.dtype:
     return dtype
 
 
-def _shape(shape: Any, name: str) -> list[int]:
+def _shape(shape: Any, name: str, limits: Limits) -> list[int]:
     if (
         not isinstance(shape, list)
-        or len(shape) > limits.current.max_dims
+        or len(shape) > limits.max_dims
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         or math.prod(max(d, 1) for d in shape) >= 2**62  # torch's strides must fit in int64
     ):
         raise InvalidTensor(
-            f"{name}.shape must be a list of at most {limits.current.max_dims} non-negative integers whose "
+            f"{name}.shape must be a list of at most {limits.max_dims} non-negative integers whose "
             f"product fits in 64 bits, got {shape!r}",
             loc=(name, "shape"),
         )
-    limits.tensor_elements(name, shape)
+    limits.tensor(name, shape)
     return shape
 
 
@@ -250,7 +253,7 @@ def _cast(t: Tensor, dtype: torch.dtype, loc: Loc) -> Tensor:
     return t.to(dtype)
 
 
-def _nested_to_tensor(value: Any, loc: Loc) -> Tensor:
+def _nested_to_tensor(value: Any, loc: Loc, max_dims: int) -> Tensor:
     """A number or rectangular nested array of numbers -> float64/int64 tensor, in one numpy call."""
     if isinstance(value, np.ndarray):  # a flat array the fast JSON path already read
         return torch.from_numpy(value.copy() if not value.flags.writeable else value)
@@ -264,14 +267,14 @@ def _nested_to_tensor(value: Any, loc: Loc) -> Tensor:
         array = None
     if array is not None and array.dtype.kind == "b":
         array = array.astype(np.int64)
-    if array is None or array.dtype.kind not in "fi" or array.ndim > limits.current.max_dims:
-        array = _slow_path(value, loc)
+    if array is None or array.dtype.kind not in "fi" or array.ndim > max_dims:
+        array = _slow_path(value, loc, max_dims)
     return torch.from_numpy(array)
 
 
-def _slow_path(value: Any, loc: Loc) -> np.ndarray:
+def _slow_path(value: Any, loc: Loc, max_dims: int) -> np.ndarray:
     """Arrays numpy could not read directly: non-finite tokens, or a bad payload to locate exactly."""
-    shape = _leading_shape(value, loc)
+    shape = _leading_shape(value, loc, max_dims)
     problem = _first_problem(value, shape, loc)
     if problem is not None:
         where, msg = problem
@@ -279,15 +282,15 @@ def _slow_path(value: Any, loc: Loc) -> np.ndarray:
     return np.array(_replace_tokens(value), dtype=np.float64)
 
 
-def _leading_shape(value: Any, loc: Loc) -> list[int]:
+def _leading_shape(value: Any, loc: Loc, max_dims: int) -> list[int]:
     shape: list[int] = []
     while isinstance(value, list):
         shape.append(len(value))
-        if len(shape) > limits.current.max_dims:
+        if len(shape) > max_dims:
             raise InvalidTensor(
-                f"{_dotted(loc)}: more than {limits.current.max_dims} nested dimensions",
+                f"{_dotted(loc)}: more than {max_dims} nested dimensions",
                 loc=loc,
-                limit=limits.current.max_dims,
+                limit=max_dims,
                 actual=len(shape),
             )
         if not value:
@@ -398,19 +401,21 @@ V2_DATATYPES: dict[str, torch.dtype] = {
 V2_NAMES: dict[torch.dtype, str] = {v: k for k, v in V2_DATATYPES.items()}
 
 
-def decode_v2(name: str, datatype: str, shape: Any, data: Any, raw: bytes | memoryview | None) -> RawTensor:
+def decode_v2(
+    name: str, datatype: str, shape: Any, data: Any, raw: bytes | memoryview | None, limits: Limits = DEFAULTS
+) -> RawTensor:
     """One v2 input: JSON `data` (row-major, flat or nested) or its binary bytes, of `datatype` and `shape`."""
     dtype = V2_DATATYPES.get(datatype)
     if dtype is None:
         raise InvalidTensor(
             f"{name}: unsupported datatype {datatype!r}; expected one of {list(V2_DATATYPES)}", loc=(name, "datatype")
         )
-    dims = _shape(shape, name)
+    dims = _shape(shape, name, limits)
     if raw is not None:
         return RawTensor(from_bytes(raw, dtype, dims, (name, "binary_data_size")), typed=True)
     if data is None:
         raise InvalidTensor(f"{name}: needs 'data', or binary data with a 'binary_data_size' parameter", loc=(name,))
-    flat = _nested_to_tensor(data, (name, "data")).reshape(-1)
+    flat = _nested_to_tensor(data, (name, "data"), limits.max_dims).reshape(-1)
     return RawTensor(_cast(_reshape(flat, dims, name), dtype, (name, "data")), typed=True)
 
 

@@ -6,7 +6,6 @@ a worker thread; nothing here touches the event loop or HTTP.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -16,11 +15,6 @@ from torch import Tensor
 from service.errors import DeviceFailure, DtypeMismatch, ResourceExhausted, TorchRejected
 from service.losses import checks
 from service.losses.registry import LossParams, LossSpec, TensorArg, TensorKind
-
-# Torch warns (once per call site) when a target's shape differs from input's. lossd checks that itself
-# and returns the warning to the client with the result, so the process log need not repeat it.
-warnings.filterwarnings("ignore", message="Using a target size", category=UserWarning)
-warnings.filterwarnings("ignore", message="reduction: 'mean' divides the total loss", category=UserWarning)
 
 _MAX_EXACT_INDEX = 2.0**53
 """Larger float-valued class indices cannot be told apart from their neighbours."""
@@ -68,6 +62,47 @@ Cast = Callable[[Tensor, torch.dtype], Tensor]
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t.to(dtype)
+
+
+PIN_MIN_ELEMENTS = 1 << 16
+"""Tensors this large travel between host and GPU through pinned (page-locked) memory."""
+
+
+def host_cast(device: torch.device) -> Cast:
+    """How decoded tensors get their dtype on the host, for `device`. For CUDA, large conversions write into
+    pinned memory (from torch's caching host allocator), from which the copy to the GPU runs asynchronously
+    at full speed: the conversion copies the data anyway, so pinning costs no extra copy."""
+    if device.type != "cuda":
+        return _cast
+
+    def cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+        if t.dtype == dtype or t.numel() < PIN_MIN_ELEMENTS:
+            return t.to(dtype)
+        return torch.empty(t.shape, dtype=dtype, pin_memory=True).copy_(t)
+
+    return cast
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """`t` on `device`; from pinned memory without waiting (the stream orders the copy before any kernel)."""
+    if t.device == device:
+        return t
+    return t.to(device, non_blocking=device.type == "cuda" and t.is_pinned())
+
+
+def to_host(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Results on the host. From CUDA, large ones are copied into pinned memory without waiting, then the
+    stream is synchronized once: a pageable copy back is several times slower."""
+    out = [t.detach() for t in tensors]
+    on_gpu = [i for i, t in enumerate(out) if t.is_cuda]
+    if not on_gpu:
+        return out
+    for i in on_gpu:
+        if out[i].numel() >= PIN_MIN_ELEMENTS:
+            host = torch.empty(out[i].shape, dtype=out[i].dtype, pin_memory=True)
+            out[i] = host.copy_(out[i], non_blocking=True)
+    torch.cuda.current_stream(tensors[on_gpu[0]].device).synchronize()
+    return [t.cpu() for t in out]
 
 
 def _as_indices(name: str, raw: RawTensor, cast: Cast) -> Tensor:
@@ -148,22 +183,25 @@ def compute(
     """
     device = device or torch.device("cpu")
     found = list(spec.check(tensors, params)) if spec.check else []
-    on_device = {name: place(t) if place else t if t.device == device else t.to(device) for name, t in tensors.items()}
-    leaves = [on_device[name].detach().requires_grad_(True) for name in grad_wrt]
-    on_device.update(zip(grad_wrt, leaves, strict=True))
     try:
+        on_device = {name: place(t) if place else to_device(t, device) for name, t in tensors.items()}
+        leaves = [on_device[name].detach().requires_grad_(True) for name in grad_wrt]
+        on_device.update(zip(grad_wrt, leaves, strict=True))
         with torch.set_grad_enabled(bool(leaves)):
             loss = spec(on_device, params)
             grads: Sequence[Tensor | None] = ()
             if leaves and loss.requires_grad:
                 grads = torch.autograd.grad(loss, leaves, grad_outputs=torch.ones_like(loss), allow_unused=True)
+        filled = [
+            grad if grad is not None else torch.zeros_like(leaf)
+            for leaf, grad in zip(leaves, grads or [None] * len(leaves), strict=True)
+        ]
+        loss, *host_grads = to_host([loss, *filled])
     except torch.OutOfMemoryError as exc:
         raise ResourceExhausted(f"not enough memory on {device} for this request") from exc
     except torch.AcceleratorError as exc:  # not the client's doing, and the CUDA context is lost for good
         raise DeviceFailure(f"the device {device} failed: {exc}") from exc
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         raise TorchRejected(f"torch rejected the inputs: {exc}") from exc
-    result = LossResult(loss=loss.detach().cpu(), warnings=found, device=str(device))
-    for name, leaf, grad in zip(grad_wrt, leaves, list(grads) or [None] * len(leaves), strict=True):
-        result.grads[name] = (grad if grad is not None else torch.zeros_like(leaf)).detach().cpu()
-    return result
+    grads_by_name = dict(zip(grad_wrt, host_grads, strict=True))
+    return LossResult(loss=loss, grads=grads_by_name, warnings=found, device=str(device))

@@ -23,10 +23,14 @@ class Settings(BaseSettings):
     """Where losses run: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
 
     workers: int = Field(1, ge=1)
-    """Number of uvicorn worker processes. Each holds its own copy of torch (and CUDA context)."""
+    """Worker processes; above 1 they run under gunicorn (metrics summed over all workers). Each holds its own
+    copy of torch (and CUDA context)."""
 
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     """Log level for the service and uvicorn."""
+
+    access_log: bool = True
+    """One JSON line per request on stderr (at log level info and below), written in batches every 50 ms."""
 
     max_concurrency: int = Field(4, ge=1)
     """Requests decoded and computed at the same time per worker, in threads (the rest wait their turn)."""
@@ -63,7 +67,13 @@ class Settings(BaseSettings):
     """Largest request body accepted, in bytes, also after decompressing a gzip or deflate body (413 beyond)."""
 
     inline_max_bytes: int = Field(64 * 1024, ge=0)
-    """Bodies smaller than this are computed on the event loop (faster than a thread hop); 0 offloads all."""
+    """Plain (uncompressed) bodies smaller than this are decoded and validated on the event loop, which is
+    faster than a thread hop; larger ones are read in a worker thread. 0 reads every body in a thread."""
+
+    inline_max_elements: int = Field(1 << 16, ge=0)
+    """Requests decoded on the event loop are computed there too when the loss's cost model predicts at
+    most this many tensor elements (after broadcasting, gradients included); the rest go to the worker
+    threads, under admission and the timeout. 0 computes everything in threads."""
 
     malloc_arenas: int = Field(2, ge=0)
     """glibc malloc arenas (mallopt M_ARENA_MAX); few arenas keep big bodies fast. 0 keeps glibc's default."""

@@ -1,33 +1,49 @@
-"""The request lifecycle without HTTP: decode the body, validate, compute, encode the response.
+"""The request lifecycle without HTTP: decode the body, validate, predict the cost, compute, encode.
 
-The REST routers call these functions from a worker thread with the raw body bytes; they return the
-response bytes or raise a domain error. Keeping this free of FastAPI lets every protocol share it.
+Each protocol hands a request body to one of these functions and gets back a `Job`: the request read
+and validated, what computing it will cost (predicted from shapes by the loss's cost model, before any
+torch call), and the computation that returns the response bytes. The API layer decides from the cost
+where the job runs. Errors are domain exceptions. Keeping this free of HTTP lets every protocol share it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import torch
 from pydantic import BaseModel, ValidationError
 from torch import Tensor
 
-from service import codec, compute, limits, schemas
-from service.errors import ErrorDetail, InvalidRequest, Loc, LossdError, MalformedBody, PayloadTooLarge, UnknownLoss
+from service import codec, compute, schemas
+from service.errors import ErrorDetail, InvalidRequest, Loc, LossdError, MalformedBody, UnknownLoss
+from service.limits import Limits
 from service.losses.registry import LossParams, LossSpec, Registry, TensorKind
+
+T = TypeVar("T")
 
 Describe = Callable[[LossdError], dict[str, Any]]
 """Turns an error into the problem object that stands for one failed entry of /v1/evaluate."""
 
 
+@dataclass(frozen=True)
+class Job(Generic[T]):
+    """A request read and validated: its predicted cost and the computation that answers it."""
+
+    cost: int
+    """Tensor elements the computation will hold at its peak (see `registry.Cost`)."""
+    run: Callable[[], T]
+
+
 @dataclass
 class DataPlane:
-    """The registry, one request model per loss, and the device losses run on."""
+    """The registry, one request model per loss, the device losses run on, and the app's limits."""
 
     registry: Registry
     device: torch.device
+    limits: Limits = field(default_factory=Limits)
     on_elements: Callable[[str, int], None] | None = None
     """Told how many tensor elements each computed loss took (for metrics)."""
     models: dict[str, type[LossParams]] = field(default_factory=dict)
@@ -35,39 +51,48 @@ class DataPlane:
     def __post_init__(self) -> None:
         self.models = {spec.name: schemas.request_model(spec) for spec in self.registry}
 
-    def loss(self, spec: LossSpec, body: bytes) -> bytes:
-        """Evaluate one `POST /v1/losses/{name}` body; returns the JSON response body."""
+    def loss(self, spec: LossSpec, body: bytes) -> Job[bytes]:
+        """Read one `POST /v1/losses/{name}` body; the job returns the JSON response body."""
         request = self.validate(self.models[spec.name], _json_object(body))
         for arg in spec.tensors:
             if arg.required and getattr(request, arg.name) is None:
                 raise InvalidRequest(f"{arg.name} is required and cannot be null", loc=(arg.name,))
         raw = {
-            arg.name: codec.decode_tensor(value, arg.name, arg.kind)
+            arg.name: codec.decode_tensor(value, arg.name, arg.kind, self.limits)
             for arg in spec.tensors
             if (value := getattr(request, arg.name)) is not None
         }
-        return codec.dumps(encode_result(self.run(spec, request, raw), request.output_encoding))
+        job = self.plan(spec, request, raw)
+        encoding = request.output_encoding
+        return Job(job.cost, lambda: codec.dumps(encode_result(job.run(), encoding)))
 
-    def evaluate(self, body: bytes, describe: Describe) -> bytes:
-        """Evaluate a `POST /v1/evaluate` body: every entry in order, each a result or its own problem."""
+    def evaluate(self, body: bytes, describe: Describe) -> Job[bytes]:
+        """Read a `POST /v1/evaluate` body; the job answers every entry in order, each a result or its own
+        problem (an entry that fails validation costs nothing and answers its problem)."""
         request = self.validate(schemas.EvaluateRequest, _json_object(body))
         assert isinstance(request, schemas.EvaluateRequest)
-        if len(request.losses) > limits.current.max_evaluate_entries:
-            raise PayloadTooLarge(
-                f"{len(request.losses)} losses in one request; the limit is {limits.current.max_evaluate_entries}",
-                loc=("losses",),
-                limit=limits.current.max_evaluate_entries,
-                actual=len(request.losses),
-            )
-        pool = _Pool(request.tensors, self.device)
+        self.limits.entries(len(request.losses))
+        pool = _Pool(request.tensors, self.device, self.limits)
         pool.read_all()
-        results: list[dict[str, Any]] = []
+        entries: list[tuple[str, Job[dict[str, Any]] | LossdError]] = []
         for i, entry in enumerate(request.losses):
             try:
-                results.append(self._evaluate_entry(i, entry, request, pool))
+                entries.append((entry.name, self._evaluate_entry(i, entry, request, pool)))
             except LossdError as exc:
-                results.append({"name": entry.name, **describe(exc)})
-        return codec.dumps({"results": results})
+                entries.append((entry.name, exc))
+
+        def run() -> bytes:
+            results: list[dict[str, Any]] = []
+            for name, job in entries:
+                try:
+                    if isinstance(job, LossdError):
+                        raise job
+                    results.append(job.run())
+                except LossdError as exc:
+                    results.append({"name": name, **describe(exc)})
+            return codec.dumps({"results": results})
+
+        return Job(sum(job.cost for _, job in entries if isinstance(job, Job)), run)
 
     def ready(self) -> bool:
         """True when the registry is loaded and the device runs a tiny computation."""
@@ -75,7 +100,7 @@ class DataPlane:
 
     def _evaluate_entry(
         self, i: int, entry: schemas.LossEntry, request: schemas.EvaluateRequest, pool: _Pool
-    ) -> dict[str, Any]:
+    ) -> Job[dict[str, Any]]:
         here: Loc = ("losses", i)
         try:
             spec = self.registry.get(entry.name)
@@ -97,26 +122,55 @@ class DataPlane:
         given = {arg: key for arg, key in keys.items() if key in pool.values}
         where = {**{arg: ("tensors", key) for arg, key in given.items()}, **{k: ("tensors", k) for k in given.values()}}
         fields = {"return_grad": request.return_grad, "output_encoding": request.output_encoding, **extra}
+
+        def relocated(exc: LossdError) -> LossdError:
+            exc.errors = [_relocate(d, where, here) for d in exc.errors]
+            return exc
+
         try:
             params = self.validate(self.models[spec.name], fields | dict.fromkeys(given, True))
             raw = {arg.name: pool.raw(given[arg.name], arg.kind) for arg in spec.tensors if arg.name in given}
-            result = self.run(spec, params, raw, pool)
-            return {"name": spec.name, "status": 200, **encode_result(result, params.output_encoding)}
+            job = self.plan(spec, params, raw, pool)
         except LossdError as exc:
-            exc.errors = [_relocate(d, where, here) for d in exc.errors]
-            raise
+            raise relocated(exc) from None
 
-    def run(
+        def run() -> dict[str, Any]:
+            try:
+                result = job.run()
+            except LossdError as exc:
+                raise relocated(exc) from None
+            return {"name": spec.name, "status": 200, **encode_result(result, params.output_encoding)}
+
+        return Job(job.cost, run)
+
+    def plan(
         self, spec: LossSpec, request: LossParams, raw: Mapping[str, compute.RawTensor], pool: _Pool | None = None
-    ) -> compute.LossResult:
-        """The shared core of every protocol: dtypes by kind, then checks, loss and gradients on the device."""
+    ) -> Job[compute.LossResult]:
+        """The shared core of every protocol: dtypes by kind, the element limits and the cost model's
+        prediction; the job runs the checks, the loss and its gradients on the device."""
         assert isinstance(request, schemas.RequestOptions)
-        check_elements(raw)
-        if self.on_elements is not None:
-            self.on_elements(spec.name, sum(r.tensor.numel() for r in raw.values()))
-        tensors = compute.prepare(spec, raw, pool.cast) if pool else compute.prepare(spec, raw)
+        self.check_elements(raw)
+        tensors = compute.prepare(spec, raw, pool.cast if pool else compute.host_cast(self.device))
         grad_wrt = _grad_wrt(spec, request.return_grad, tensors)
-        return compute.compute(spec, tensors, request, grad_wrt, self.device, pool.place if pool else None)
+        cost = spec.cost({name: tuple(t.shape) for name, t in tensors.items()}, request, len(grad_wrt))
+        self.limits.elements(cost.largest_name, cost.largest, cost.largest_loc)
+        elements = sum(r.tensor.numel() for r in raw.values())
+        place = pool.place if pool else None
+        run = partial(compute.compute, spec, tensors, request, grad_wrt, self.device, place)
+
+        def counted() -> compute.LossResult:
+            result = run()
+            if self.on_elements is not None:
+                self.on_elements(spec.name, elements)
+            return result
+
+        return Job(cost.elements, counted)
+
+    def check_elements(self, raw: Mapping[str, compute.RawTensor]) -> None:
+        """Every decoded tensor, and all of them together, within the element limits."""
+        for name, r in raw.items():
+            self.limits.tensor(name, r.tensor.shape)
+        self.limits.request([r.tensor.numel() for r in raw.values()])
 
     @staticmethod
     def validate(model: type[BaseModel], payload: dict[str, Any]) -> Any:
@@ -130,13 +184,15 @@ class DataPlane:
 class _Pool:
     """The shared tensors of one /v1/evaluate request: each decoded, converted and placed once."""
 
-    def __init__(self, values: dict[str, Any], device: torch.device):
+    def __init__(self, values: dict[str, Any], device: torch.device, limits: Limits):
         self.values = values
         self.device = device
+        self.limits = limits
         self._raw: dict[tuple[str, TensorKind | None], compute.RawTensor] = {}
         self._cast: dict[tuple[int, torch.dtype], Tensor] = {}
         self._placed: dict[int, Tensor] = {}
         self._keep: list[Tensor] = []  # keeps every cached tensor alive, so ids stay unique
+        self._host_cast = compute.host_cast(device)
 
     def read_all(self) -> None:
         """Decode every shared tensor now: a malformed one fails the whole request, naming its key.
@@ -156,18 +212,18 @@ class _Pool:
         # The kind matters only to a base64 payload without a dtype (it picks the default dtype).
         variant = kind if isinstance(value, dict) and "b64" in value and "dtype" not in value else None
         if (key, variant) not in self._raw:
-            self._raw[key, variant] = codec.decode_tensor(value, key, kind)
+            self._raw[key, variant] = codec.decode_tensor(value, key, kind, self.limits)
         return self._raw[key, variant]
 
     def cast(self, t: Tensor, dtype: torch.dtype) -> Tensor:
         if (id(t), dtype) not in self._cast:
-            self._cast[id(t), dtype] = converted = t.to(dtype)
+            self._cast[id(t), dtype] = converted = self._host_cast(t, dtype)
             self._keep += [t, converted]
         return self._cast[id(t), dtype]
 
     def place(self, t: Tensor) -> Tensor:
         if id(t) not in self._placed:
-            self._placed[id(t)] = placed = t.to(self.device)
+            self._placed[id(t)] = placed = compute.to_device(t, self.device)
             self._keep += [t, placed]
         return self._placed[id(t)]
 
@@ -178,13 +234,6 @@ def _relocate(detail: ErrorDetail, tensors: Mapping[str, Loc], entry: Loc) -> Er
     if isinstance(head, str) and head in tensors:
         return ErrorDetail((*tensors[head], *rest), detail.msg)
     return ErrorDetail((*entry, *detail.loc), detail.msg)
-
-
-def check_elements(raw: Mapping[str, compute.RawTensor]) -> None:
-    """Every decoded tensor, and all of them together, within the element limits."""
-    for name, r in raw.items():
-        limits.tensor_elements(name, r.tensor.shape)
-    limits.request_elements([r.tensor.numel() for r in raw.values()])
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

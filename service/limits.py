@@ -1,7 +1,8 @@
-"""Size limits on what one request may ask of the process, set once at start-up from the settings.
+"""Size limits on what one request may ask of the process: one `Limits` per app, made from its settings.
 
-The codec and the checks consult them while reading tensors and before computing, so a request can
-neither allocate more than its body allows nor make torch broadcast into an enormous intermediate.
+The data plane holds its app's limits and passes them to the codec and the cost check, so a request can
+neither allocate more than its body allows nor make torch broadcast into an enormous intermediate. Two
+apps in one process each keep their own.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.errors import PayloadTooLarge
+from service.errors import Loc, PayloadTooLarge
 
 
-@dataclass
+@dataclass(frozen=True)
 class Limits:
     max_tensor_elements: int = 1 << 26
     """Elements in any one tensor: an argument, a broadcast result, a gradient."""
@@ -24,34 +25,40 @@ class Limits:
     max_evaluate_entries: int = 64
     """Losses in one /v1/evaluate request."""
 
+    def tensor(self, name: str, shape: Sequence[int]) -> None:
+        """Refuse a tensor of `shape` larger than the per-tensor limit (413, with limit and actual)."""
+        self.elements(name, math.prod(shape), (name,))
 
-current = Limits()
-"""The process's limits; `configure` replaces them at start-up."""
+    def elements(self, name: str, count: int, loc: Loc) -> None:
+        """Refuse a tensor of `count` elements beyond the per-tensor limit; `loc` names its argument."""
+        if count > self.max_tensor_elements:
+            raise PayloadTooLarge(
+                f"{name} would hold {count} elements; the limit is {self.max_tensor_elements} per tensor",
+                loc=loc,
+                limit=self.max_tensor_elements,
+                actual=count,
+            )
+
+    def request(self, counts: Sequence[int]) -> None:
+        """Refuse a request whose tensors together exceed the per-request limit."""
+        total = sum(counts)
+        if total > self.max_request_elements:
+            raise PayloadTooLarge(
+                f"the request's tensors hold {total} elements; the limit is {self.max_request_elements}",
+                limit=self.max_request_elements,
+                actual=total,
+            )
+
+    def entries(self, count: int) -> None:
+        """Refuse a /v1/evaluate request with more losses than the limit."""
+        if count > self.max_evaluate_entries:
+            raise PayloadTooLarge(
+                f"{count} losses in one request; the limit is {self.max_evaluate_entries}",
+                loc=("losses",),
+                limit=self.max_evaluate_entries,
+                actual=count,
+            )
 
 
-def configure(limits: Limits) -> None:
-    global current
-    current = limits
-
-
-def tensor_elements(name: str, shape: Sequence[int]) -> None:
-    """Refuse a tensor of `shape` larger than the per-tensor limit (413, with limit and actual)."""
-    count = math.prod(shape)
-    if count > current.max_tensor_elements:
-        raise PayloadTooLarge(
-            f"{name} would hold {count} elements; the limit is {current.max_tensor_elements} per tensor",
-            loc=(name,),
-            limit=current.max_tensor_elements,
-            actual=count,
-        )
-
-
-def request_elements(counts: Sequence[int]) -> None:
-    """Refuse a request whose tensors together exceed the per-request limit."""
-    total = sum(counts)
-    if total > current.max_request_elements:
-        raise PayloadTooLarge(
-            f"the request's tensors hold {total} elements; the limit is {current.max_request_elements}",
-            limit=current.max_request_elements,
-            actual=total,
-        )
+DEFAULTS = Limits()
+"""The limits of the default settings (frozen: nothing can change them for anyone else)."""

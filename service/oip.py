@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__, codec
-from service.compute import RawTensor
-from service.dataplane import DataPlane
+from service.compute import LossResult, RawTensor
+from service.dataplane import DataPlane, Job
 from service.errors import InvalidRequest, InvalidTensor
 from service.losses.registry import LossSpec, TensorKind
 
@@ -114,10 +114,12 @@ def model_metadata(spec: LossSpec) -> dict[str, Any]:
     }
 
 
-def infer(
-    plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | None
-) -> tuple[bytes | memoryview, int | None]:
-    """`POST /v2/models/{loss}/infer`: the response body, and its JSON header's length when binary follows."""
+Answer = tuple[bytes | memoryview, int | None]
+"""The response body, and its JSON header's length when binary data follows."""
+
+
+def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | None) -> Job[Answer]:
+    """Read a `POST /v2/models/{loss}/infer` body; the job returns the response body and header length."""
     header, binary = codec.split_binary(body, header_length)
     payload = codec.loads(header)
     if not isinstance(payload, dict):
@@ -128,13 +130,19 @@ def infer(
     binary_default = parameters.get("binary_data_output") is True
     outputs = request.outputs or [RequestOutput(name="loss")]
     wanted = _wanted_outputs(spec, outputs)
-    raw = _inputs(spec, request.inputs, binary)
+    raw = _inputs(spec, request.inputs, binary, plane)
     for name in wanted:
         if name.startswith("grad_") and name[5:] not in raw:
             raise InvalidRequest(f"output {name!r} needs input {name[5:]!r}, which the request does not give")
     fields = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS and not k.startswith("triton_")}
     fields |= {"return_grad": [name[5:] for name in wanted if name != "loss"]} | dict.fromkeys(raw, True)
-    result = plane.run(spec, plane.validate(plane.models[spec.name], fields), raw)
+    job = plane.plan(spec, plane.validate(plane.models[spec.name], fields), raw)
+    return Job(job.cost, lambda: _answer(spec, request, outputs, binary_default, job.run()))
+
+
+def _answer(
+    spec: LossSpec, request: InferenceRequest, outputs: list[RequestOutput], binary_default: bool, result: LossResult
+) -> Answer:
     tensors = {"loss": result.loss} | {f"grad_{name}": grad for name, grad in result.grads.items()}
     response: dict[str, Any] = {"model_name": spec.name, "model_version": VERSION}
     if request.id is not None:
@@ -170,7 +178,7 @@ def _wanted_outputs(spec: LossSpec, outputs: list[RequestOutput]) -> list[str]:
     return names
 
 
-def _inputs(spec: LossSpec, inputs: list[RequestInput], binary: memoryview) -> dict[str, RawTensor]:
+def _inputs(spec: LossSpec, inputs: list[RequestInput], binary: memoryview, plane: DataPlane) -> dict[str, RawTensor]:
     """Each input read from its JSON data or its slice of the binary data, in request order."""
     args = {arg.name: arg for arg in spec.tensors}
     raw: dict[str, RawTensor] = {}
@@ -192,7 +200,7 @@ def _inputs(spec: LossSpec, inputs: list[RequestInput], binary: memoryview) -> d
                     loc=(item.name, "binary_data_size"),
                 )
             chunk, offset = binary[offset : offset + size], offset + size
-        raw[item.name] = codec.decode_v2(item.name, item.datatype, item.shape, item.data, chunk)
+        raw[item.name] = codec.decode_v2(item.name, item.datatype, item.shape, item.data, chunk, plane.limits)
     if offset != len(binary):
         raise InvalidRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
     for name, arg in args.items():

@@ -1,4 +1,5 @@
-"""Process-level tuning done once at start-up: torch's thread count and glibc's malloc arenas."""
+"""Process-level tuning done once at start-up: torch's thread count, glibc's malloc arenas, and which
+of torch's warnings reach the process log. Nothing here happens on import."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import ctypes
 import ctypes.util
 import json
 import logging
+import warnings
 
 import torch
 
@@ -16,7 +18,7 @@ M_ARENA_MAX = -8
 
 
 def tune_process(torch_threads: int, malloc_arenas: int) -> None:
-    """Apply the thread and allocator settings; harmless where they do not apply.
+    """Apply the thread, allocator and warning settings; harmless where they do not apply.
 
     Large request bodies are allocated by the event loop's thread and their tensors by worker threads.
     With glibc's default of one malloc arena per thread, each worker's arena grows and is trimmed back
@@ -24,6 +26,10 @@ def tune_process(torch_threads: int, malloc_arenas: int) -> None:
     itself (measured: 16 ms instead of 6 ms per 8 MB request). A small fixed number of arenas keeps
     that memory in use.
     """
+    # Torch warns (once per call site) when a target's shape differs from input's. lossd checks that itself
+    # and returns the warning to the client with the result, so the process log need not repeat it.
+    warnings.filterwarnings("ignore", message="Using a target size", category=UserWarning)
+    warnings.filterwarnings("ignore", message="reduction: 'mean' divides the total loss", category=UserWarning)
     if torch_threads:
         torch.set_num_threads(torch_threads)
     if malloc_arenas:

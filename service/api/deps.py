@@ -1,4 +1,5 @@
-"""Per-app state, admission to compute, and the dependency aliases routes use to reach the state."""
+"""Per-app state, scheduling and admission of compute, and the dependency aliases routes use to reach
+the state."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import anyio.to_thread
 from anyio import CapacityLimiter
 from fastapi import Depends, Request
 
+from service.api.edge import AccessLog
 from service.api.metrics import Metrics
+from service.codec import decompress
 from service.config import Settings
-from service.dataplane import DataPlane
+from service.dataplane import DataPlane, Job
 from service.errors import ComputeTimeout, DeviceFailure, Overloaded, UnsupportedMediaType
 
 T = TypeVar("T")
@@ -38,6 +41,9 @@ class AppState:
     catalog: dict[str, dict[str, Any]]
     metrics: Metrics
     limiter: CapacityLimiter = field(init=False)
+    """Admission: requests computing at once."""
+    threads: CapacityLimiter = field(init=False)
+    """Worker threads of this app (anyio's default pool is process-wide, shared by every app)."""
     pending: int = 0
     """Requests admitted to the threads and not finished, weighted (a gradient request counts twice)."""
     failed: bool = False
@@ -45,9 +51,12 @@ class AppState:
     draining: bool = False
     """SIGTERM received: not ready, finishing in-flight requests."""
     request_exit: Callable[[], None] = _terminate_self
+    access_log: AccessLog | None = None
+    """Where each request's JSON line goes (None: not logged)."""
 
     def __post_init__(self) -> None:
         self.limiter = CapacityLimiter(self.settings.max_concurrency)
+        self.threads = CapacityLimiter(self.settings.max_concurrency)
 
     @property
     def api_keys(self) -> list[str]:
@@ -74,30 +83,43 @@ class AppState:
         if self.draining:
             return "the server is shutting down"
         try:
-            usable = await self.offload(self.plane.ready)
+            usable = self.plane.ready()  # a two-element sum: cheaper than the hop to a thread
         except Exception as exc:  # any device failure means not ready, whatever its type
             log.error("readiness check failed: %s", exc)
             usable = False
         return None if usable else "the compute device is not usable"
 
-    async def offload(self, fn: Callable[..., T], *args: Any, size: int = 0, weight: int = 1) -> T:
-        """Run CPU/GPU-bound work, admitting it under the concurrency, queue and time limits.
+    async def compute(
+        self, body: bytes, content_encoding: str | None, job: Callable[[bytes], Job[T]], *, weight: int = 1
+    ) -> T:
+        """Decode, validate and compute a request body where its cost says it belongs.
 
-        Work on a body smaller than `inline_max_bytes` runs right here: it takes less time than the hop
-        to a thread and back. Larger work runs in a worker thread, at most `max_concurrency` at a time;
-        when `max_queue` more already wait, the request is refused at once (503 with Retry-After)
-        rather than piling up. After `request_timeout_s` the request gets a 504 and its slot is freed;
-        the thread itself cannot be interrupted and finishes its computation in the background.
+        A small plain body is decoded and validated right here (its size bounds that work); the job it
+        gives runs here too when its predicted cost (elements after broadcasting, gradients included) is
+        at most `inline_max_elements`, which takes less time than the hop to a thread and back. All other
+        work runs in a worker thread, admitted under the concurrency, queue and time limits: at most
+        `max_concurrency` at a time; when `max_queue` more already wait, the request is refused at once
+        (503 with Retry-After) rather than piling up; after `request_timeout_s` the request gets a 504
+        and its slot is freed (the thread itself cannot be interrupted and finishes in the background).
         """
+        settings = self.settings
+        plain = content_encoding is None or content_encoding.strip().lower() == "identity"
         try:
-            if size < self.settings.inline_max_bytes:
-                return fn(*args)
-            return await self._in_thread(fn, *args, weight=weight)
+            if plain and len(body) < settings.inline_max_bytes:
+                ready = job(body)
+                if ready.cost <= settings.inline_max_elements:
+                    return ready.run()
+                return await self._in_thread(ready.run, weight=weight)
+
+            def inflate_and_run() -> T:
+                return job(decompress(body, content_encoding, settings.max_body_bytes)).run()
+
+            return await self._in_thread(inflate_and_run, weight=weight)
         except DeviceFailure:
             self.fail()
             raise
 
-    async def _in_thread(self, fn: Callable[..., T], *args: Any, weight: int) -> T:
+    async def _in_thread(self, fn: Callable[[], T], *, weight: int) -> T:
         settings, metrics = self.settings, self.metrics
         if self.pending + weight > settings.max_concurrency + settings.max_queue:
             metrics.rejections.labels(reason="overloaded").inc()
@@ -116,7 +138,7 @@ class AppState:
                     queued = False
                     metrics.computing += 1
                     try:
-                        return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+                        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self.threads)
                     finally:
                         metrics.computing -= 1
         except TimeoutError:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.api import problems
+from service.api import errors
 from service.api.deps import StateDep
+from service.errors import NotFound
 
 router = APIRouter(tags=["health"])
 
@@ -19,12 +20,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", operation_id="health-ready", responses={503: {"description": "Not ready"}})
-async def readyz(state: StateDep) -> Any:
+@router.get("/readyz", operation_id="health-ready")
+async def readyz(state: StateDep) -> dict[str, Any]:
     """Ready: the registry is loaded and the compute device runs a computation."""
     why = await state.not_ready()
     if why is not None:
-        return problems.problem(503, "not-ready", "Not ready", why, [])
+        raise errors.NotReady(why)
     return {"status": "ready", "device": str(state.plane.device), "losses": len(state.plane.registry)}
 
 
@@ -37,7 +38,7 @@ async def metrics(state: StateDep) -> Response:
 @router.get("/problems/{slug}", operation_id="problems-get", tags=["problems"])
 async def problem_type(slug: str) -> dict[str, Any]:
     """What a problem `type` returned by lossd means."""
-    described = problems.describe(slug)
+    described = errors.describe(slug)
     if described is None:
-        raise HTTPException(404, f"no problem type {slug!r}")
+        raise NotFound(f"no problem type {slug!r}", loc=("slug",))
     return described

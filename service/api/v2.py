@@ -1,11 +1,13 @@
 """The Open Inference Protocol's REST routes (KServe v2 / Triton). Routes only do HTTP things.
 
 Errors follow the protocol: `{"error": "<message>"}` with 400 for a bad request (the message is the v1
-API's, word for word), 404 for an unknown model or version, 413, 415 and 503 as in v1.
+API's, word for word), 404 for an unknown model or version, 413, 415 and 503 as in v1; the routes raise
+domain errors and `service.api.errors` renders them in this format for every path under /v2.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,40 +15,11 @@ from fastapi.responses import JSONResponse, Response
 
 from service import oip
 from service.api.deps import AppState, StateDep, gradient_weight, require_json
-from service.codec import compress, decompress
-from service.errors import (
-    ComputeTimeout,
-    DeviceFailure,
-    LossdError,
-    NotFound,
-    Overloaded,
-    PayloadTooLarge,
-    ResourceExhausted,
-    Unauthorized,
-    UnsupportedMediaType,
-)
+from service.codec import compress
+from service.errors import NotFound
 from service.losses.registry import LossSpec
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-
-STATUS: dict[type[LossdError], int] = {
-    NotFound: 404,
-    Unauthorized: 401,
-    UnsupportedMediaType: 415,
-    PayloadTooLarge: 413,
-    ResourceExhausted: 503,
-    Overloaded: 503,
-    DeviceFailure: 503,
-    ComputeTimeout: 504,
-}
-"""Any other domain error is the protocol's 400."""
-
-
-def error(exc: LossdError) -> JSONResponse:
-    """The protocol's error body."""
-    status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-    return JSONResponse({"error": exc.detail}, status_code=status, headers=headers)
 
 
 def _model(state: AppState, name: str, version: str | None) -> LossSpec:
@@ -70,7 +43,7 @@ async def server_live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", operation_id="v2-server-ready", responses={503: {"description": "Not ready"}})
+@router.get("/health/ready", operation_id="v2-server-ready")
 async def server_ready(state: StateDep) -> JSONResponse:
     """The server is ready: registry loaded, device usable."""
     ready = await state.not_ready() is None
@@ -81,20 +54,14 @@ async def server_ready(state: StateDep) -> JSONResponse:
 @router.get("/models/{name}/versions/{version}", operation_id="v2-model-version-metadata")
 async def model_metadata(state: StateDep, name: str, version: str | None = None) -> Response:
     """A loss as a model: its inputs (torch's argument names) and outputs (loss, grad_<argument>)."""
-    try:
-        return JSONResponse(oip.model_metadata(_model(state, name, version)))
-    except LossdError as exc:
-        return error(exc)
+    return JSONResponse(oip.model_metadata(_model(state, name, version)))
 
 
 @router.get("/models/{name}/ready", operation_id="v2-model-ready")
 @router.get("/models/{name}/versions/{version}/ready", operation_id="v2-model-version-ready")
 async def model_ready(state: StateDep, name: str, version: str | None = None) -> Response:
     """Every registered loss is ready as soon as the server is."""
-    try:
-        return JSONResponse({"name": _model(state, name, version).name, "ready": True})
-    except LossdError as exc:
-        return error(exc)
+    return JSONResponse({"name": _model(state, name, version).name, "ready": True})
 
 
 INFER_DOCS: dict[str, Any] = {
@@ -105,13 +72,6 @@ INFER_DOCS: dict[str, Any] = {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             }
         },
-        400: {
-            "description": "Bad request",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2Error"}}},
-        },
-        404: {"description": "No such model or version"},
-        413: {"description": "Body too large"},
-        415: {"description": "Unsupported content type or encoding"},
     },
     "openapi_extra": {
         "requestBody": {
@@ -129,28 +89,16 @@ INFER_DOCS: dict[str, Any] = {
 @router.post("/models/{name}/versions/{version}/infer", operation_id="v2-model-version-infer", **INFER_DOCS)
 async def infer(request: Request, state: StateDep, name: str, version: str | None = None) -> Response:
     """Compute a loss (and the requested gradients) from JSON or binary tensors."""
-    try:
-        spec = _model(state, name, version)
-        request.scope["lossd"] |= {"loss": spec.name, "route": "/v2/models/{name}/infer"}
-        require_json(request, binary=True)
-        body = await request.body()
-        limit = state.settings.max_body_bytes
-        encoding = request.headers.get("content-encoding")
-        out, header_length = await state.offload(
-            _infer, state, spec, body, encoding, request.headers, limit, size=len(body), weight=gradient_weight(body)
-        )
-    except LossdError as exc:
-        return error(exc)
+    spec = _model(state, name, version)
+    request.scope["lossd"] |= {"loss": spec.name, "route": "/v2/models/{name}/infer"}
+    require_json(request, binary=True)
+    body = await request.body()
+    job = partial(oip.infer, state.plane, spec, header_length=request.headers.get("inference-header-content-length"))
+    encoding = request.headers.get("content-encoding")
+    out, header_length = await state.compute(body, encoding, job, weight=gradient_weight(body))
     out, encoding = compress(out, request.headers.get("accept-encoding")) if len(out) >= 1024 else (out, None)
     headers = {"Content-Encoding": encoding} if encoding else {}
     if header_length is None:
         return Response(out, media_type="application/json", headers=headers)
     headers["Inference-Header-Content-Length"] = str(header_length)
     return Response(out, media_type="application/octet-stream", headers=headers)
-
-
-def _infer(
-    state: AppState, spec: LossSpec, body: bytes, encoding: str | None, headers: Any, limit: int
-) -> tuple[bytes | memoryview, int | None]:
-    plain = decompress(body, encoding, limit)
-    return oip.infer(state.plane, spec, plain, headers.get("inference-header-content-length"))

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from service import limits
 from service.errors import DtypeMismatch, ShapeMismatch, ValueOutOfRange
 
 
@@ -29,15 +28,15 @@ def first_index(mask: Tensor) -> tuple[int, ...]:
 
 
 def broadcastable(name: str, t: Tensor, ref_name: str, ref: Tensor) -> None:
-    """Require `t` to broadcast against `ref`, as torch's elementwise operations need."""
+    """Require `t` to broadcast against `ref`, as torch's elementwise operations need. (The size of the
+    result is the cost model's to bound: see `registry.broadcast_cost`.)"""
     try:
-        shape = torch.broadcast_shapes(t.shape, ref.shape)  # type: ignore[no-untyped-call]
+        torch.broadcast_shapes(t.shape, ref.shape)  # type: ignore[no-untyped-call]
     except RuntimeError:
         raise ShapeMismatch(
             f"{name} of shape {shape_of(t)} cannot be broadcast with {ref_name} of shape {shape_of(ref)}",
             loc=(name,),
         ) from None
-    limits.tensor_elements(f"{name} broadcast with {ref_name}", shape)
 
 
 def ndim_in(name: str, t: Tensor, allowed: tuple[int, ...], shapes: str) -> None:

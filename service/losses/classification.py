@@ -256,7 +256,9 @@ def check_binary_cross_entropy(t: Mapping[str, Tensor], p: LossParams) -> Sequen
     return []
 
 
-BINARY_WEIGHT = TensorArg("weight", "broadcastable to input", required=False, doc="Rescaling weight per element.")
+BINARY_WEIGHT = TensorArg(
+    "weight", "broadcastable to input", required=False, broadcast=True, doc="Rescaling weight per element."
+)
 
 
 @REGISTRY.loss(
@@ -285,6 +287,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, p
             "pos_weight",
             "broadcastable to input, usually (C) for input (N, C)",
             required=False,
+            broadcast=True,
             doc="Weight of positive examples, per class.",
         ),
     ),
@@ -305,7 +308,7 @@ def binary_cross_entropy_with_logits(
     "soft_margin",
     tensors=(
         TensorArg("input", "(*)", grad=True, doc="Scores."),
-        TensorArg("target", "(*), same shape as input, values 1 or -1", doc="Labels, 1 or -1."),
+        TensorArg("target", "(*), same shape as input, values 1 or -1", broadcast=True, doc="Labels, 1 or -1."),
     ),
     check=checks.sign_target,
     torch_ref="torch.nn.functional.soft_margin_loss",
@@ -359,7 +362,7 @@ def check_multilabel_soft_margin(t: Mapping[str, Tensor], p: LossParams) -> Sequ
     tensors=(
         TensorArg("input", "(N, C) or (C)", grad=True, doc="Logits per class."),
         TensorArg("target", "same shape as input, 1 (class present) or 0", doc="Labels, 0 or 1 per class."),
-        TensorArg("weight", "(C), broadcastable to input", required=False, doc="Weight per class."),
+        TensorArg("weight", "(C), broadcastable to input", required=False, broadcast=True, doc="Weight per class."),
     ),
     check=check_multilabel_soft_margin,
     torch_ref="torch.nn.functional.multilabel_soft_margin_loss",

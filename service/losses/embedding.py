@@ -33,8 +33,10 @@ def check_margin_ranking(t: Mapping[str, Tensor], p: MarginRankingParams) -> Seq
     "margin_ranking",
     tensors=(
         TensorArg("input1", "(N) or ()", grad=True, doc="Scores of the first items."),
-        TensorArg("input2", "same shape as input1", grad=True, doc="Scores of the second items."),
-        TensorArg("target", f"same shape as input1, {SIGNS}", doc="1: input1 should rank higher; -1: input2."),
+        TensorArg("input2", "same shape as input1", grad=True, broadcast=True, doc="Scores of the second items."),
+        TensorArg(
+            "target", f"same shape as input1, {SIGNS}", broadcast=True, doc="1: input1 should rank higher; -1: input2."
+        ),
     ),
     params=MarginRankingParams,
     check=check_margin_ranking,
@@ -54,7 +56,9 @@ class HingeEmbeddingParams(LossParams):
     "hinge_embedding",
     tensors=(
         TensorArg("input", "(*): distances", grad=True, doc="Distances (e.g. L1 pairwise distance)."),
-        TensorArg("target", f"same shape as input, {SIGNS}", doc="1: similar pair; -1: dissimilar pair."),
+        TensorArg(
+            "target", f"same shape as input, {SIGNS}", broadcast=True, doc="1: similar pair; -1: dissimilar pair."
+        ),
     ),
     params=HingeEmbeddingParams,
     check=checks.sign_target,
@@ -106,8 +110,10 @@ def cosine_embedding(input1: Tensor, input2: Tensor, target: Tensor, p: CosineEm
 
 TRIPLET = (
     TensorArg("anchor", "(N, D) or (D)", grad=True, doc="Anchor embeddings."),
-    TensorArg("positive", "same shape as anchor", grad=True, doc="Embeddings of the same class as the anchor."),
-    TensorArg("negative", "same shape as anchor", grad=True, doc="Embeddings of another class."),
+    TensorArg(
+        "positive", "same shape as anchor", grad=True, broadcast=True, doc="Embeddings of the same class as the anchor."
+    ),
+    TensorArg("negative", "same shape as anchor", grad=True, broadcast=True, doc="Embeddings of another class."),
 )
 
 

@@ -39,7 +39,11 @@ def check_kl_div(t: Mapping[str, Tensor], p: KlDivParams) -> Sequence[str]:
     tensors=(
         TensorArg("input", "(*), log-probabilities", grad=True, doc="Log-probabilities (e.g. log_softmax output)."),
         TensorArg(
-            "target", "(*), same shape as input", grad=True, doc="Probabilities, or log-probabilities with log_target."
+            "target",
+            "(*), same shape as input",
+            grad=True,
+            broadcast=True,
+            doc="Probabilities, or log-probabilities with log_target.",
         ),
     ),
     params=KlDivParams,
@@ -70,7 +74,7 @@ def check_broadcast_target(t: Mapping[str, Tensor], p: LossParams) -> Sequence[s
     "poisson_nll",
     tensors=(
         TensorArg("input", "(*)", grad=True, doc="Expected counts (log-rates when log_input)."),
-        TensorArg("target", "(*), same shape as input", grad=True, doc="Observed counts."),
+        TensorArg("target", "(*), same shape as input", grad=True, broadcast=True, doc="Observed counts."),
     ),
     params=PoissonNllParams,
     check=check_broadcast_target,
@@ -107,7 +111,7 @@ def check_gaussian_nll(t: Mapping[str, Tensor], p: GaussianNllParams) -> Sequenc
     "gaussian_nll",
     tensors=(
         TensorArg("input", "(N, *) or (*)", grad=True, doc="Expected values (means)."),
-        TensorArg("target", "(N, *) or (*), same shape as input", grad=True, doc="Samples."),
+        TensorArg("target", "(N, *) or (*), same shape as input", grad=True, broadcast=True, doc="Samples."),
         TensorArg(
             "var",
             "a number, input's shape, input's shape without the last dimension, or with one dimension of size 1",

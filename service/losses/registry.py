@@ -3,14 +3,16 @@
 A loss is declared once with `@REGISTRY.loss(...)` on its compute function. The declaration holds
 everything the rest of the service needs to know: torch's argument names, each tensor's kind and
 shape rule, which arguments are differentiable, the pydantic parameter model (its fields are torch's
-keyword arguments, with torch's defaults and bounds) and an optional pre-validation `check` that runs
-on the CPU copies of the tensors before torch sees them.
+keyword arguments, with torch's defaults and bounds), an optional pre-validation `check` that runs
+on the CPU copies of the tensors before torch sees them, and a cost model that predicts, from shapes
+alone, what the call will build (the service schedules and bounds work by it).
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -46,6 +48,8 @@ class TensorArg:
     grad: bool = False
     """Whether torch differentiates the loss with respect to this argument."""
     required: bool = True
+    broadcast: bool = False
+    """Broadcast against the loss's first tensor argument, as torch's elementwise operations do."""
     doc: str = ""
     probability_shape: Callable[[Mapping[str, Tensor]], Sequence[int]] | None = None
     """INDEX_OR_PROBABILITY only: the shape class probabilities have, from the arguments read before this
@@ -64,6 +68,61 @@ class LossParams(BaseModel):
 Check = Callable[[Mapping[str, Tensor], Any], Sequence[str]]
 """Pre-validation: raises a `LossdError` naming the offending argument, returns warnings to report."""
 
+Shapes = Mapping[str, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one call will build, predicted from the shapes of its tensors before torch runs."""
+
+    elements: int
+    """Tensor elements the call holds at its peak: inputs, intermediates, the loss and gradients."""
+    largest: int = 0
+    """Elements of the largest single tensor torch builds (a broadcast result, say)."""
+    largest_name: str = ""
+    """What that tensor is, in words (for the 413 that refuses it)."""
+    largest_loc: tuple[str, ...] = ()
+    """The argument that makes it so large."""
+
+
+CostModel = Callable[["LossSpec", Shapes, Any, int], Cost]
+"""`(spec, shapes of the given tensors, parameters, number of gradients asked for) -> Cost`."""
+
+
+def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape `a` and `b` broadcast to, as torch's rules give it, or None when they do not broadcast.
+    (`torch.broadcast_shapes` says the same at twenty times the cost.)"""
+    if len(a) < len(b):
+        a, b = b, a
+    b = (1,) * (len(a) - len(b)) + b
+    out = []
+    for x, y in zip(a, b, strict=True):
+        if x != y and x != 1 and y != 1:
+            return None
+        out.append(y if x == 1 else x)
+    return tuple(out)
+
+
+def broadcast_cost(spec: LossSpec, shapes: Shapes, params: Any, grads: int) -> Cost:
+    """The default model: the arguments, their broadcast result (`TensorArg.broadcast`), and for each
+    gradient one more tensor of that size. Shapes that do not broadcast cost their own size: the check
+    refuses them before torch runs."""
+    first = spec.tensors[0].name
+    out = tuple(shapes.get(first, ()))
+    widest = first
+    for arg in spec.tensors:
+        if arg.broadcast and arg.name in shapes:
+            wider = broadcast_shapes(out, tuple(shapes[arg.name]))
+            if wider is None:
+                continue
+            if math.prod(wider) > math.prod(out):
+                widest = arg.name
+            out = wider
+    inputs = sum(math.prod(shape) for shape in shapes.values())
+    result = math.prod(out)
+    name = first if widest == first else f"{widest} broadcast with {first}"
+    return Cost(elements=inputs + result * (2 + grads), largest=result, largest_name=name, largest_loc=(widest,))
+
 
 @dataclass(frozen=True)
 class LossSpec:
@@ -78,6 +137,11 @@ class LossSpec:
     fn: Callable[..., Tensor]
     check: Check | None = None
     aliases: tuple[str, ...] = ()
+    cost_model: CostModel = broadcast_cost
+
+    def cost(self, shapes: Shapes, params: Any, grads: int = 0) -> Cost:
+        """What a call with tensors of `shapes` will build (see `CostModel`)."""
+        return self.cost_model(self, shapes, params, grads)
 
     @property
     def differentiable(self) -> tuple[str, ...]:
@@ -131,6 +195,7 @@ class Registry:
         check: Check | None = None,
         torch_ref: str,
         aliases: Sequence[str] = (),
+        cost: CostModel = broadcast_cost,
     ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
         """Decorator declaring a loss. The function's docstring gives the summary (first line) and notes.
 
@@ -155,6 +220,7 @@ class Registry:
                     fn=fn,
                     check=check,
                     aliases=tuple(aliases),
+                    cost_model=cost,
                 )
             )
             return fn

@@ -17,6 +17,7 @@ ELEMENTWISE = (
         "target",
         "(*), same shape as input (a broadcastable shape is accepted with torch's warning)",
         grad=True,
+        broadcast=True,
         doc="Ground truth.",
     ),
 )

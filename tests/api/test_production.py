@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
 
-from service import limits
 from service.app import create_app
 from service.config import Settings
 from service.losses import REGISTRY
@@ -32,8 +31,7 @@ def _expected() -> torch.Tensor:
 
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., TestClient]]:
-    """Clients of apps with other settings; the process-wide limits are restored afterwards."""
-    saved = limits.current
+    """Clients of apps with other settings."""
     clients: list[TestClient] = []
 
     def make(**settings: Any) -> TestClient:
@@ -46,7 +44,6 @@ def make_client() -> Iterator[Callable[..., TestClient]]:
     yield make
     for client in clients:
         client.__exit__(None, None, None)
-    limits.configure(saved)
 
 
 @pytest.fixture
@@ -213,9 +210,48 @@ def test_api_keys(make_client: Callable[..., TestClient], tmp_path: Any, caplog:
 def test_cors_is_off_by_default_and_configurable(client: TestClient, make_client: Callable[..., TestClient]) -> None:
     preflight = {"Origin": "https://eval.example", "Access-Control-Request-Method": "POST"}
     assert "access-control-allow-origin" not in client.options("/v1/losses/mse", headers=preflight).headers
-    cors = make_client(cors_origins="https://eval.example")
-    allowed = cors.options("/v1/losses/mse", headers=preflight)
+    cors = make_client(cors_origins="https://eval.example", api_keys="k1", max_body_bytes=4096)
+    allowed = cors.options("/v1/losses/mse", headers=preflight | {"Access-Control-Request-Headers": "authorization"})
+    assert allowed.status_code == 200  # a preflight never carries the key, and never needs it
     assert allowed.headers["access-control-allow-origin"] == "https://eval.example"
+    origin = {"Origin": "https://eval.example"}
+    key = {"Authorization": "Bearer k1"}
+    answers = {
+        200: cors.post("/v1/losses/cross_entropy", json=GOOD, headers=origin | key),
+        401: cors.post("/v1/losses/cross_entropy", json=GOOD, headers=origin),
+        404: cors.post("/v1/losses/nope", json=GOOD, headers=origin | key),
+        413: cors.post("/v1/losses/mse", content=b"[" * 5000, headers=origin | key),
+        422: cors.post("/v1/losses/cross_entropy", json={"input": X}, headers=origin | key),
+        400: cors.post("/v2/models/mse/infer", json={"inputs": []}, headers=origin | key),
+    }
+    for status, response in answers.items():
+        assert response.status_code == status, response.text
+        assert response.headers["access-control-allow-origin"] == "https://eval.example", status
+        assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+
+
+def test_two_apps_in_one_process_keep_their_own_limits(make_client: Callable[..., TestClient]) -> None:
+    small = make_client(max_tensor_elements=100, max_dims=2, max_evaluate_entries=1, max_concurrency=1, max_queue=0)
+    large = make_client()
+    body = {"input": [0.5] * 1000, "target": [0.25] * 1000}
+    deep = {"input": [[[0.5]]], "target": [[[0.25]]]}
+    entries = {"tensors": body, "losses": [{"name": "mse"}, {"name": "l1"}]}
+    assert small.post("/v1/losses/mse", json=body).status_code == 413
+    assert small.post("/v1/losses/mse", json=deep).status_code == 422
+    assert small.post("/v1/evaluate", json=entries).status_code == 413
+    for response in (large.post("/v1/losses/mse", json=body), large.post("/v1/losses/mse", json=deep)):
+        assert response.status_code == 200, response.text
+    wire.assert_same(large.post("/v1/losses/mse", json=body).json()["loss"], F.mse_loss(*_tensors(body)))
+    assert [r["status"] for r in large.post("/v1/evaluate", json=entries).json()["results"]] == [200, 200]
+    assert small.post("/v1/losses/mse", json=body).status_code == 413  # unchanged by the other app
+    small_state, large_state = (c.app.state.lossd for c in (small, large))  # type: ignore[attr-defined]
+    assert small_state.limiter is not large_state.limiter
+    assert small_state.threads is not large_state.threads
+    assert small_state.metrics.registry is not large_state.metrics.registry
+
+
+def _tensors(body: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(body["input"], dtype=torch.float32), torch.tensor(body["target"], dtype=torch.float32)
 
 
 def test_device_failure_stops_the_process(make_client: Callable[..., TestClient]) -> None:
@@ -266,14 +302,28 @@ def test_unexpected_errors_leak_nothing(make_client: Callable[..., TestClient], 
     assert "/secret/path" in caplog.text  # the trace goes to the log
 
 
-def test_metrics_and_access_log(client: TestClient, caplog: Any) -> None:
-    with caplog.at_level(logging.INFO, logger="lossd.access"):
-        client.post("/v1/losses/cross_entropy", json=GOOD, headers={"X-Request-ID": "m-1"})
-    record = next(r for r in caplog.records if getattr(r, "request_id", None) == "m-1")
-    assert record.__dict__["route"] == "/v1/losses/{name}"
-    assert record.__dict__["loss"] == "cross_entropy"
-    assert record.__dict__["status"] == 200
-    assert record.__dict__["bytes_in"] > 0
+def test_metrics_and_access_log(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(log_level="info")
+    access_log = client.app.state.lossd.access_log  # type: ignore[attr-defined]
+    lines: list[bytes] = []
+    access_log.sink = lines.append
+    client.post("/v1/losses/cross_entropy", json=GOOD, headers={"X-Request-ID": "m-1"})
+    client.post("/v1/losses/CrossEntropyLoss", json={"input": [[1.0]]}, headers={"X-Request-ID": "m-2"})
+    access_log.flush()
+    records = {r["request_id"]: r for r in map(orjson.loads, b"".join(lines).splitlines())}
+    record = records["m-1"]
+    assert record["logger"] == "lossd.access"
+    assert record["level"] == "info"
+    assert record["time"]
+    assert record["route"] == "/v1/losses/{name}"
+    assert record["loss"] == "cross_entropy"
+    assert record["status"] == 200
+    assert record["bytes_in"] > 0
+    assert record["bytes_out"] > 0
+    assert records["m-2"]["status"] == 422
+    assert records["m-2"]["loss"] == "cross_entropy"
+    assert make_client(log_level="warning").app.state.lossd.access_log is None  # type: ignore[attr-defined]
+    assert make_client(access_log=False).app.state.lossd.access_log is None  # type: ignore[attr-defined]
     text = client.get("/metrics").text
     for name in (
         'lossd_requests_total{loss="cross_entropy",route="/v1/losses/{name}",status="200"}',

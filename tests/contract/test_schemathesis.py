@@ -18,7 +18,7 @@ from service.app import create_app
 from service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = create_app(Settings(device="cpu"))
+APP = create_app(Settings(device="cpu", log_level="warning"))
 # fuzzing phase only (the coverage phase's exhaustive boundary cases take minutes over 40 operations)
 # A limit (413) refuses a request as surely as a 4xx of schemathesis' default list does.
 REFUSALS = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5XX"]
