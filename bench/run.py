@@ -5,8 +5,19 @@ up, then driven by one load generator (wrk with `wrk.lua`, pinned to core 1; an 
 wrk is missing) at a fixed concurrency for a fixed time. Every answer is checked against torch before it
 counts: one wrong answer fails the benchmark. Results go to stdout and bench/RESULTS.md.
 
-    python bench/run.py            # everything (about 6 minutes on 2 cores)
-    python bench/run.py --quick    # N=1 and N=1,000 only (under 2 minutes)
+lossd runs with its defaults as users get them (log level info, the JSON access log on), except
+LOSSD_DEVICE=cpu and LOSSD_TORCH_THREADS=1, because every peer computes on the CPU with torch on one
+thread; LOSSD_* variables of the calling environment are not passed on. "lossd (log off)" is the same
+server with LOSSD_ACCESS_LOG=false, to measure what the access log costs. Every server's stdout and
+stderr go to a temporary file (one JSON line per request from lossd), never to a pipe nobody reads.
+After each lossd run, /metrics is scraped before and after the load: the difference of
+`lossd_gc_pause_seconds` gives the garbage collector's pauses during the measured window.
+
+The results are followed by a "targets" table (tail latency against the minimal FastAPI endpoint, cost of
+the access log) and a "garbage collection" table.
+
+    python bench/run.py            # everything (about 7 minutes on 2 cores)
+    python bench/run.py --quick    # N=1 and N=1,000 only (about 2 minutes)
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +45,7 @@ import numpy as np
 import orjson
 import torch
 import torch.nn.functional as F
+from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -42,24 +55,36 @@ LOSS_JSON = r'"loss"%s*:%s*([-%d%.eE+]+)'
 LOSS_V2 = r'"name":"loss".-"data":%[([-%d%.eE+]+)'
 
 
+LOSSD = "lossd"
+LOSSD_LOG_OFF = "lossd (log off)"
+MINIMAL = "minimal FastAPI"
+GC_METRIC = "lossd_gc_pause_seconds"  # histogram, label `generation` (service/api/metrics.py)
+TAIL_TARGET = 1.5  # lossd's p99 at most 1.5x the minimal FastAPI endpoint's, at N=1 and N=1,000
+LOG_TARGET = 0.95  # lossd with its access log at least 0.95x the req/s of lossd without it, at N=1,000
+
+
 @dataclass
 class Server:
     name: str
     argv: list[str]
     ready_path: str
     env: dict[str, str] = field(default_factory=dict)
+    metrics_path: str | None = None  # a Prometheus endpoint with lossd's metrics
 
 
 def servers(port: int) -> dict[str, Server]:
+    # lossd's defaults, but on the CPU with torch on one thread, as every peer runs (fairness)
     lossd_env = {
         "LOSSD_PORT": str(port),
         "LOSSD_DEVICE": "cpu",
-        "LOSSD_LOG_LEVEL": "warning",
         "LOSSD_TORCH_THREADS": "1",
     }
     peer = [PY]
     return {
-        "lossd": Server("lossd", [PY, "-m", "service"], "/readyz", lossd_env),
+        LOSSD: Server(LOSSD, [PY, "-m", "service"], "/readyz", lossd_env, "/metrics"),
+        LOSSD_LOG_OFF: Server(
+            LOSSD_LOG_OFF, [PY, "-m", "service"], "/readyz", lossd_env | {"LOSSD_ACCESS_LOG": "false"}, "/metrics"
+        ),
         "naive FastAPI": Server("naive FastAPI", [*peer, str(HERE / "peers/naive_fastapi.py"), str(port)], "/docs"),
         "LitServe": Server("LitServe", [*peer, str(HERE / "peers/litserve_server.py"), str(port)], "/health"),
         "minimal FastAPI": Server(
@@ -87,6 +112,15 @@ class Scenario:
 
 
 @dataclass
+class GcPauses:
+    """Garbage collections of one generation during a measured run (from `lossd_gc_pause_seconds`)."""
+
+    collections: int
+    total_s: float
+    max_le_s: float | None  # the smallest bucket bound that holds every pause (None: none, or beyond the last)
+
+
+@dataclass
 class Result:
     scenario: str
     server: str
@@ -96,6 +130,9 @@ class Result:
     idle_rss_mb: float
     peak_rss_mb: float
     requests: int
+    seconds: float = 0.0
+    gc: dict[str, GcPauses] | None = None  # generation -> pauses, for servers with metrics ({}: not read)
+    log_lines: int | None = None  # access log lines written during the run, for lossd
 
 
 def _vectors(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,15 +168,22 @@ def _v2_binary(inputs: list[tuple[str, np.ndarray, str]], outputs: list[dict[str
     )
 
 
+def json_nested_name(n: int, concurrency: int) -> str:
+    return f"mse N={n:,} JSON nested c={concurrency}"
+
+
 def scenarios() -> list[Scenario]:
     out = []
     for n, c, quick in ((1, 8, True), (1_000, 8, True), (1_000_000, 2, False)):
         x, y = _vectors(n, n)
         body = _json_nested(x, y)
         expected = F.mse_loss(torch.from_numpy(x), torch.from_numpy(y)).item()
-        reqs = {name: Request("/mse", body) for name in ("naive FastAPI", "minimal FastAPI")}
-        reqs |= {"lossd": Request("/v1/losses/mse", body), "LitServe": Request("/predict", body)}
-        out.append(Scenario(f"mse N={n:,} JSON nested c={c}", c, reqs, expected, quick))
+        reqs = {name: Request("/mse", body) for name in ("naive FastAPI", MINIMAL)}
+        reqs |= {LOSSD: Request("/v1/losses/mse", body), LOSSD_LOG_OFF: Request("/v1/losses/mse", body)}
+        reqs |= {"LitServe": Request("/predict", body)}
+        if n == 1_000_000:  # the access log's cost is measured where requests are many
+            del reqs[LOSSD_LOG_OFF]
+        out.append(Scenario(json_nested_name(n, c), c, reqs, expected, quick))
     x, y = _vectors(1_000_000, 7)
     expected = F.mse_loss(torch.from_numpy(x), torch.from_numpy(y)).item()
     flat = orjson.dumps(
@@ -271,27 +315,102 @@ async def _drive_httpx(
     return len(latencies), 0, elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
+def gc_pauses(base: str, path: str) -> dict[str, tuple[float, float, dict[float, float]]] | None:
+    """`lossd_gc_pause_seconds` as scraped now: generation -> (count, sum, cumulative bucket counts by bound).
+
+    None, with a warning, when it cannot be read: the run's other figures still count."""
+    try:
+        response = httpx.get(base + path, timeout=30)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        print(f"warning: {base + path}: {exc!r}", file=sys.stderr, flush=True)
+        return None
+    out: dict[str, tuple[float, float, dict[float, float]]] = {}
+    for family in text_string_to_metric_families(response.text):
+        if family.name != GC_METRIC:
+            continue
+        for sample in family.samples:
+            count, total, buckets = out.setdefault(sample.labels.get("generation", "?"), (0.0, 0.0, {}))
+            if sample.name == GC_METRIC + "_count":
+                count = sample.value
+            elif sample.name == GC_METRIC + "_sum":
+                total = sample.value
+            elif sample.name == GC_METRIC + "_bucket":
+                buckets[float(sample.labels["le"])] = sample.value
+            out[sample.labels.get("generation", "?")] = (count, total, buckets)
+    if not out:
+        print(f"warning: {base + path} has no {GC_METRIC}:\n{response.text[:1000]}", file=sys.stderr, flush=True)
+        return None
+    return out
+
+
+def gc_during(before: dict[str, Any], after: dict[str, Any]) -> dict[str, GcPauses]:
+    """The pauses between two scrapes, per generation."""
+    result = {}
+    for generation, (count, total, buckets) in sorted(after.items()):
+        count0, total0, buckets0 = before.get(generation, (0.0, 0.0, {}))
+        collections = round(count - count0)
+        bounds = sorted(b for b in buckets if math.isfinite(b))
+        max_le = next((b for b in bounds if buckets[b] - buckets0.get(b, 0.0) >= collections), None)
+        result[generation] = GcPauses(collections, total - total0, max_le if collections else None)
+    return result
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's whole process group, SIGKILL to whatever is left of it after 20 s.
+
+    The group, not the process: LitServe's workers (its API server, inference worker and multiprocessing
+    manager) outlive their parent's SIGTERM, and left alone they kept running on the server's core."""
+
+    def signal_group(sig: int) -> bool:
+        try:
+            os.killpg(proc.pid, sig)
+            return True
+        except ProcessLookupError:  # nothing left in the group
+            return False
+
+    signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        proc.poll()  # reaps the server itself; its orphaned children are reaped by init
+        if not signal_group(0):
+            return
+        time.sleep(0.05)
+    signal_group(signal.SIGKILL)
+    proc.wait()
+
+
 def run_one(scenario: Scenario, server: Server, port: int, seconds: int) -> Result:
     req = scenario.requests[server.name]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)} | server.env
-    proc = subprocess.Popen(
-        pinned(server.argv, 0), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("LOSSD_")}  # lossd's defaults, really
+    env = inherited | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)} | server.env
+    # the server's output goes to a file: lossd writes one access log line per request on stderr, and a
+    # pipe that nobody reads would fill and block the server
+    # (opened for appending, and read through a file of its own: the server shares the writing file's offset)
+    fd, log_path = tempfile.mkstemp(prefix="lossd-bench-", suffix=".log")
+    os.close(fd)
+    log = open(log_path, "ab")  # noqa: SIM115 (closed in the finally clause)
+    # in a session of its own, so that stop() ends every process the server started
+    proc = subprocess.Popen(pinned(server.argv, 0), cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+
+    def output_tail() -> str:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_path) - 3000))
+            return f.read().decode(errors="replace")
+
     try:
         deadline = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{server.name} exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
-                )
+                raise RuntimeError(f"{server.name} exited:\n{output_tail()}")
             try:
                 if httpx.get(base + server.ready_path, timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{server.name} did not start")
+                raise RuntimeError(f"{server.name} did not start:\n{output_tail()}")
             time.sleep(0.3)
         headers = {"content-type": req.content_type} | (dict([req.header.split(": ", 1)]) if req.header else {})
         for _ in range(3):  # warm-up, and a first check of the answer
@@ -299,6 +418,8 @@ def run_one(scenario: Scenario, server: Server, port: int, seconds: int) -> Resu
             if warm.status_code != 200 or not check(warm.content, req.pattern, scenario.expected):
                 raise RuntimeError(f"{server.name} answered wrongly: {warm.status_code} {warm.content[:300]!r}")
         idle = tree_rss_mb(proc.pid, "VmRSS")
+        gc_before = gc_pauses(base, server.metrics_path) if server.metrics_path else None
+        log_start = os.path.getsize(log_path)
         if shutil.which("wrk"):
             with tempfile.NamedTemporaryFile(suffix=".body") as f:
                 f.write(req.body)
@@ -307,13 +428,20 @@ def run_one(scenario: Scenario, server: Server, port: int, seconds: int) -> Resu
         else:
             count, _, elapsed, p50, p99 = asyncio.run(_drive_httpx(base + req.path, req, scenario, seconds))
         peak = tree_rss_mb(proc.pid, "VmHWM")
-        return Result(scenario.name, server.name, count / elapsed, p50, p99, idle, peak, count)
+        gc = None
+        log_lines = None
+        if server.metrics_path:
+            gc_after = gc_pauses(base, server.metrics_path)
+            gc = gc_during(gc_before, gc_after) if gc_before is not None and gc_after is not None else {}
+            time.sleep(0.2)  # the access log is written in batches every 50 ms
+            with open(log_path, "rb") as reader:
+                reader.seek(log_start)
+                log_lines = sum(1 for line in reader if b'"logger":"lossd.access"' in line)
+        return Result(scenario.name, server.name, count / elapsed, p50, p99, idle, peak, count, elapsed, gc, log_lines)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
+        log.close()
+        os.unlink(log_path)
 
 
 def time_split() -> str:
@@ -354,7 +482,7 @@ def time_split() -> str:
         for _, blob in out:
             framed += blob
         t4 = time.perf_counter()
-        oip.infer(plane, spec, req.body, header_length)
+        oip.infer(plane, spec, req.body, header_length).run()  # read and validated, then computed and encoded
         t5 = time.perf_counter()
         for key, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
             phases[key].append(dt * 1e3)
@@ -385,6 +513,87 @@ def machine() -> str:
     )
 
 
+def _find(results: list[Result], scenario: str, server: str) -> Result | None:
+    return next((r for r in results if r.scenario == scenario and r.server == server), None)
+
+
+def targets(results: list[Result]) -> list[str]:
+    """The targets table: each measured ratio, its target, and whether it is met."""
+    lines = [
+        "",
+        "## Targets",
+        "",
+        "| what | measured | target | met |",
+        "|---|---|---|---|",
+    ]
+    for n in (1, 1_000):
+        name = json_nested_name(n, 8)
+        ours, minimal = _find(results, name, LOSSD), _find(results, name, MINIMAL)
+        what = f"tail latency, {name}: lossd's p99 / the minimal FastAPI endpoint's p99"
+        if ours is None or minimal is None:
+            lines.append(f"| {what} | not measured | at most {TAIL_TARGET}x | |")
+            continue
+        ratio = ours.p99_ms / minimal.p99_ms
+        lines.append(
+            f"| {what} | {ratio:.2f}x ({ours.p99_ms:.2f} ms / {minimal.p99_ms:.2f} ms) | at most {TAIL_TARGET}x | "
+            f"{'met' if ratio <= TAIL_TARGET else 'not met'} |"
+        )
+    name = json_nested_name(1_000, 8)
+    on, off = _find(results, name, LOSSD), _find(results, name, LOSSD_LOG_OFF)
+    what = f"access log cost, {name}: lossd's req/s / lossd (log off)'s req/s"
+    if on is None or off is None:
+        lines.append(f"| {what} | not measured | at least {LOG_TARGET}x | |")
+    else:
+        ratio = on.rps / off.rps
+        cost = (1 - ratio) * 100
+        said = f"a cost of {cost:.1f}%" if cost >= 0 else f"no cost: the run with the log was {-cost:.1f}% faster"
+        lines.append(
+            f"| {what} | {ratio:.2f}x ({on.rps:,.0f} / {off.rps:,.0f} req/s, {said}) | "
+            f"at least {LOG_TARGET}x | {'met' if ratio >= LOG_TARGET else 'not met'} |"
+        )
+    return lines
+
+
+def gc_table(results: list[Result]) -> list[str]:
+    """Garbage collection pauses during each lossd run, per generation, and the access log lines written."""
+    runs = [r for r in results if r.gc is not None]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "## Garbage collection",
+        "",
+        f"From `{GC_METRIC}` on lossd's /metrics, scraped after the warm-up and after the load (the difference: "
+        "the measured window only). The longest pause is known to its histogram bucket: the smallest bucket "
+        "bound that holds every pause.",
+        "",
+        "| scenario | server | generation | collections | per 1,000 requests | total pause ms | share of the run "
+        "| mean pause ms | longest pause |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        assert r.gc is not None
+        if not r.gc:
+            lines.append(f"| {r.scenario} | {r.server} | | {GC_METRIC} could not be read | | | | | |")
+        for generation, g in r.gc.items():
+            per_k = g.collections / r.requests * 1000 if r.requests else 0.0
+            share = g.total_s / r.seconds * 100 if r.seconds else 0.0
+            mean = f"{g.total_s / g.collections * 1e3:.3f}" if g.collections else ""
+            if not g.collections:
+                longest = ""
+            elif g.max_le_s is None:
+                longest = "over the last bucket"
+            else:
+                longest = f"at most {g.max_le_s * 1e3:g} ms"
+            lines.append(
+                f"| {r.scenario} | {r.server} | {generation} | {g.collections:,} | {per_k:.2f} | "
+                f"{g.total_s * 1e3:.1f} | {share:.2f}% | {mean} | {longest} |"
+            )
+    logged = [f"{r.scenario}, {r.server}: {r.log_lines:,} lines for {r.requests:,} requests" for r in runs]
+    lines += ["", "Access log lines written during the measured runs: " + "; ".join(logged) + "."]
+    return lines
+
+
 def report(results: list[Result], split: str | None, quick: bool, seconds: int) -> str:
     lines = [
         "# lossd benchmark results",
@@ -394,6 +603,11 @@ def report(results: list[Result], split: str | None, quick: bool, seconds: int) 
         "one uvicorn worker, server pinned to core 0 and the load generator to core 1, torch and BLAS on one thread "
         "everywhere. Every answer was checked against torch; none was wrong.",
         "",
+        "lossd runs with its defaults as users get them (log level info, one JSON access log line per request on "
+        "stderr, which the benchmark writes to a file), except `LOSSD_DEVICE=cpu` and `LOSSD_TORCH_THREADS=1`, "
+        'because every peer computes on the CPU with torch on one thread. "lossd (log off)" is the same server '
+        "with `LOSSD_ACCESS_LOG=false`. The \"lossd is\" column is lossd's req/s over each row's.",
+        "",
         "| scenario | server | req/s | p50 ms | p99 ms | RSS after warm-up MB | peak RSS MB | lossd is |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
@@ -401,13 +615,15 @@ def report(results: list[Result], split: str | None, quick: bool, seconds: int) 
     for r in results:
         by_scenario.setdefault(r.scenario, []).append(r)
     for name, rows in by_scenario.items():
-        ours = next((r for r in rows if r.server == "lossd"), None)
+        ours = next((r for r in rows if r.server == LOSSD), None)
         for r in rows:
             ratio = f"{ours.rps / r.rps:.2f}x" if ours and r is not ours else ""
             lines.append(
                 f"| {name} | {r.server} | {r.rps:,.1f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.idle_rss_mb:.0f} | "
                 f"{r.peak_rss_mb:.0f} | {ratio} |"
             )
+    lines += targets(results)
+    lines += gc_table(results)
     if split:
         lines += [
             "",
@@ -443,6 +659,14 @@ def main() -> None:
                 flush=True,
             )
             results.append(result)
+            if result.log_lines is not None:
+                expect_log = name == LOSSD
+                if (expect_log and result.log_lines < 0.9 * result.requests) or (not expect_log and result.log_lines):
+                    print(
+                        f"warning: {name} wrote {result.log_lines:,} access log lines for {result.requests:,} requests",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     split = None if args.quick else time_split()
     text = report(results, split, args.quick, seconds)
     Path(args.out).write_text(text)

@@ -1,4 +1,4 @@
-"""Peer: LitServe with its defaults, the same computation."""
+"""Peer: LitServe with its defaults (but no generated client.py), the same computation."""
 
 import sys
 
@@ -22,4 +22,5 @@ class MSE(ls.LitAPI):
 
 
 if __name__ == "__main__":
-    ls.LitServer(MSE(), accelerator="cpu").run(port=int(sys.argv[1]), log_level="warning")
+    # generate_client_file=False: by default LitServe writes a client.py into the working directory
+    ls.LitServer(MSE(), accelerator="cpu").run(port=int(sys.argv[1]), log_level="warning", generate_client_file=False)
