@@ -26,7 +26,7 @@ extra=()
 command -v chromium >/dev/null || extra+=(--ignore=tests/e2e/test_browser.py)
 command -v java >/dev/null && command -v curl >/dev/null || extra+=(--ignore=tests/e2e/test_http_clients.py)
 command -v node >/dev/null || extra+=(--ignore=tests/e2e/test_node_client.py)
-LOSSD_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider -p no:benchmark -n "${GPU_CHECK_WORKERS:-6}" -W "ignore::DeprecationWarning" \
+LOSSD_TEST_DEVICE=cuda "$PY" -m pytest -p no:cacheprovider -p no:benchmark -n "${GPU_CHECK_WORKERS:-6}" -W "ignore::DeprecationWarning" \
   tests/contract tests/api tests/e2e "${extra[@]}" || status=$?
 "$PY" scripts/gpu_timings.py || status=$?
 exit $status

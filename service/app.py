@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.lossd = state
     errors.install(app)
+    app.router.routes.append(v1.loss_route())
     app.include_router(v1.build_router())
     app.include_router(v2.router)
     app.include_router(health.router)

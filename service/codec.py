@@ -68,8 +68,9 @@ def loads(body: bytes) -> Any:
     long strings (base64 tensors) go to orjson directly: it reads strings faster.
     """
     head = body[:4096]
-    # arrays of numbers, not base64 text; and not nested ("[[" at the start), which only orjson reads whole
-    if len(body) >= SIMD_MIN_BYTES and head.count(b",") >= 64 and b"[[" not in head:
+    first = head.find(b"[")
+    # arrays of numbers, not base64 text; and not nested ("[[" at the first array), which only orjson reads whole
+    if len(body) >= SIMD_MIN_BYTES and head.count(b",") >= 64 and head[first + 1 : first + 2] != b"[":
         fast = _loads_flat_arrays(body)
         if fast is not None:
             return fast
@@ -102,7 +103,13 @@ def _loads_flat_arrays(body: bytes) -> dict[str, Any] | None:
         out = {key: value(document[key]) for key in document.keys()}  # noqa: SIM118
     except (RecursionError, RuntimeError, ValueError):
         return None
-    return out if body.count(b"[") == arrays and arrays else None
+    return out if _brackets(body) == arrays and arrays else None
+
+
+def _brackets(body: bytes) -> int:
+    """How many '[' the body holds. `bytes.count` scans at about 3 GB/s here, a copy without them at about 25:
+    the copy for bodies up to 1 MiB, where it costs little memory."""
+    return len(body) - len(body.replace(b"[", b"")) if len(body) <= 1 << 20 else body.count(b"[")
 
 
 def _count_lists(value: Any) -> int:

@@ -89,9 +89,7 @@ class AppState:
             usable = False
         return None if usable else "the compute device is not usable"
 
-    async def compute(
-        self, body: bytes, content_encoding: str | None, job: Callable[[bytes], Job[T]], *, weight: int = 1
-    ) -> T:
+    async def compute(self, body: bytes, content_encoding: str | None, job: Callable[[bytes], Job[T]]) -> T:
         """Decode, validate and compute a request body where its cost says it belongs.
 
         A small plain body is decoded and validated right here (its size bounds that work); the job it
@@ -109,12 +107,12 @@ class AppState:
                 ready = job(body)
                 if ready.cost <= settings.inline_max_elements:
                     return ready.run()
-                return await self._in_thread(ready.run, weight=weight)
+                return await self._in_thread(ready.run, weight=gradient_weight(body))
 
             def inflate_and_run() -> T:
                 return job(decompress(body, content_encoding, settings.max_body_bytes)).run()
 
-            return await self._in_thread(inflate_and_run, weight=weight)
+            return await self._in_thread(inflate_and_run, weight=gradient_weight(body))
         except DeviceFailure:
             self.fail()
             raise

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import oip
-from service.api.deps import AppState, StateDep, gradient_weight, require_json
+from service.api.deps import AppState, StateDep, require_json
 from service.codec import compress
 from service.errors import NotFound
 from service.losses.registry import LossSpec
@@ -95,7 +95,7 @@ async def infer(request: Request, state: StateDep, name: str, version: str | Non
     body = await request.body()
     job = partial(oip.infer, state.plane, spec, header_length=request.headers.get("inference-header-content-length"))
     encoding = request.headers.get("content-encoding")
-    out, header_length = await state.compute(body, encoding, job, weight=gradient_weight(body))
+    out, header_length = await state.compute(body, encoding, job)
     out, encoding = compress(out, request.headers.get("accept-encoding")) if len(out) >= 1024 else (out, None)
     headers = {"Content-Encoding": encoding} if encoding else {}
     if header_length is None:
