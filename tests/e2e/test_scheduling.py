@@ -31,19 +31,15 @@ def servers() -> Iterator[dict[str, str]]:
             stop_server(proc)
 
 
-def _in_background(url: str, body: dict[str, Any]) -> tuple[threading.Thread, dict[str, Any]]:
-    answer: dict[str, Any] = {}
+def _post_while_polling(url: str, body: dict[str, Any]) -> tuple[httpx.Response, list[float]]:
+    """POST `body` to mse in the background; meanwhile the seconds each /healthz took."""
+    answer: dict[str, httpx.Response] = {}
 
     def post() -> None:
         answer["response"] = httpx.post(f"{url}/v1/losses/mse", json=body, timeout=120)
 
     thread = threading.Thread(target=post)
     thread.start()
-    return thread, answer
-
-
-def _poll_health(url: str, thread: threading.Thread) -> list[float]:
-    """Seconds each /healthz took while `thread` runs."""
     latencies = []
     with httpx.Client(base_url=url, timeout=10) as client:
         while thread.is_alive():
@@ -51,15 +47,12 @@ def _poll_health(url: str, thread: threading.Thread) -> list[float]:
             assert client.get("/healthz").status_code == 200
             latencies.append(time.perf_counter() - start)
             time.sleep(0.01)
-    return latencies
+    thread.join()
+    return answer["response"], latencies
 
 
 def test_a_small_body_that_broadcasts_does_not_stall_the_loop(servers: dict[str, str]) -> None:
-    url = servers["default"]
-    thread, answer = _in_background(url, BROADCAST)
-    latencies = _poll_health(url, thread)
-    thread.join()
-    response = answer["response"]
+    response, latencies = _post_while_polling(servers["default"], BROADCAST)
     assert response.status_code == 200, response.text
     assert len(latencies) >= 5, "the computation ended before the loop could be watched"
     assert max(latencies) < 0.1, f"/healthz took up to {max(latencies) * 1e3:.0f} ms during the computation"
@@ -75,10 +68,7 @@ def test_a_small_body_that_broadcasts_does_not_stall_the_loop(servers: dict[str,
 
 def test_expensive_work_gets_the_timeout(servers: dict[str, str]) -> None:
     url = servers["short timeout"]
-    thread, answer = _in_background(url, BROADCAST)
-    latencies = _poll_health(url, thread)
-    thread.join()
-    response = answer["response"]
+    response, latencies = _post_while_polling(url, BROADCAST)
     assert response.status_code == 504, response.text
     assert response.json()["type"] == "/problems/timeout"
     assert max(latencies, default=0) < 0.1
