@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from service import __version__, oip, schemas
 from service.api import docs, errors, health, v1, v2
 from service.api.deps import AppState
-from service.api.edge import AccessLog, Edge
+from service.api.edge import PUBLIC_PATHS, AccessLog, Edge
 from service.api.metrics import Metrics
 from service.compute import resolve_device
 from service.config import Settings
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.lossd = state
+    app.router.redirect_slashes = False  # a 307 to a URL built from the Host header: answer 404 instead
     errors.install(app)
     app.router.routes.append(v1.loss_route())
     app.include_router(v1.build_router())
@@ -138,7 +139,7 @@ def _document_errors(document: dict[str, Any]) -> None:
     format (FastAPI's own 422 for path parameters is lossd's table entry too)."""
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            statuses = {401, 500, 503}
+            statuses = {500, 503} | (set() if path in PUBLIC_PATHS else {401})
             if method == "post":
                 statuses |= {400, 413, 415, 422, 504}
             if "{" in path:
@@ -155,7 +156,8 @@ def _document_errors(document: dict[str, Any]) -> None:
 def build_openapi(app: FastAPI, plane: DataPlane) -> dict[str, Any]:
     """FastAPI's document, one operation per loss, errors from the table, and the request models."""
     document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    document["paths"] |= v1.openapi_paths(plane.registry, plane.models)
+    for path, item in v1.openapi_paths(plane.registry, plane.models).items():
+        document["paths"].setdefault(path, {}).update(item)
     _document_errors(document)
     components = document.setdefault("components", {}).setdefault("schemas", {})
     components.update(schemas.EXTRA_SCHEMAS)

@@ -56,7 +56,7 @@ class MethodNotAllowed(LossdError):
     title = "Method not allowed"
 
     def __init__(self, detail: str, allow: set[str]):
-        super().__init__(detail, loc=("method",))
+        super().__init__(detail)
         self.allow = allow
 
 
@@ -155,15 +155,16 @@ def as_lossd_error(request: Request, exc: Exception) -> LossdError:
     raise exc  # anything else is unexpected: the edge answers it with a 500
 
 
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
 def _methods_at(request: Request) -> set[str]:
-    """Every method of every route at this path (a method that matches nothing reveals them)."""
-    methods: set[str] = set()
-    scope = {**request.scope, "method": "GET"}
-    for route in request.app.routes:
-        match, _ = route.matches(scope)
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ()) - {"HEAD"}
-    return methods
+    """The methods some route serves at this path, included routers' routes too."""
+    return {
+        method
+        for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in request.app.routes)
+    }
 
 
 async def _handle(request: Request, exc: Exception) -> Response:

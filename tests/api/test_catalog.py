@@ -118,6 +118,10 @@ def test_openapi_documents_each_loss_body(client: TestClient) -> None:
         }
         assert model["additionalProperties"] is False
         assert "application/problem+json" in operation["responses"]["422"]["content"]
+    by_name = spec["paths"]["/v1/losses/{name}"]
+    assert set(by_name) == {"get", "post"}  # the catalog entry and the loss computed by any of its names
+    assert {"404", "422"} <= set(by_name["post"]["responses"])
+    assert "401" not in spec["paths"]["/healthz"]["get"]["responses"]  # probes need no key
 
 
 def test_committed_openapi_is_current() -> None:

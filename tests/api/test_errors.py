@@ -261,6 +261,19 @@ def test_unknown_route_and_method_are_problems(client: TestClient) -> None:
     response = client.delete("/v1/losses")
     assert response.status_code == 405
     assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["allow"] == "GET"
+    assert response.json()["errors"] == [{"loc": ["method"], "msg": response.json()["detail"]}]
+    assert client.put("/healthz").headers["allow"] == "GET"
+    assert client.delete("/v1/losses/mse").headers["allow"] == "GET, POST"  # the catalog entry and the loss
+    assert client.get("/v2/models/mse/infer").headers["allow"] == "POST"
+
+
+def test_a_trailing_slash_is_not_redirected(client: TestClient) -> None:
+    """No 307 to a URL made from the Host header: a path that is not a route is a 404 problem."""
+    response = client.post("/v1/losses/mse/", json={"input": [1.0], "target": [0.0]}, headers={"Host": "evil.example"})
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.headers["content-type"] == "application/problem+json"
 
 
 def test_problem_types_are_documented(client: TestClient) -> None:
