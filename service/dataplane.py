@@ -23,6 +23,7 @@ from service.limits import Limits
 from service.losses.registry import LossParams, LossSpec, Registry, TensorKind
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 Describe = Callable[[LossdError], dict[str, Any]]
 """Turns an error into the problem object that stands for one failed entry of /v1/evaluate."""
@@ -35,6 +36,10 @@ class Job(Generic[T]):
     cost: int
     """Tensor elements the computation will hold at its peak (see `registry.Cost`)."""
     run: Callable[[], T]
+
+    def then(self, fn: Callable[[T], U]) -> Job[U]:
+        """The same work, its result passed on to `fn` (encoding it, say)."""
+        return Job(self.cost, lambda: fn(self.run()))
 
 
 @dataclass
@@ -62,9 +67,8 @@ class DataPlane:
             for arg in spec.tensors
             if (value := getattr(request, arg.name)) is not None
         }
-        job = self.plan(spec, request, raw)
         encoding = request.output_encoding
-        return Job(job.cost, lambda: codec.dumps(encode_result(job.run(), encoding)))
+        return self.plan(spec, request, raw).then(lambda result: codec.dumps(encode_result(result, encoding)))
 
     def evaluate(self, body: bytes, describe: Describe) -> Job[bytes]:
         """Read a `POST /v1/evaluate` body; the job answers every entry in order, each a result or its own
@@ -149,28 +153,26 @@ class DataPlane:
         """The shared core of every protocol: dtypes by kind, the element limits and the cost model's
         prediction; the job runs the checks, the loss and its gradients on the device."""
         assert isinstance(request, schemas.RequestOptions)
-        self.check_elements(raw)
+        elements = self.check_elements(raw)
         tensors = compute.prepare(spec, raw, pool.cast if pool else compute.host_cast(self.device))
         grad_wrt = _grad_wrt(spec, request.return_grad, tensors)
         cost = spec.cost({name: tuple(t.shape) for name, t in tensors.items()}, request, len(grad_wrt))
         self.limits.elements(cost.largest_name, cost.largest, cost.largest_loc)
-        elements = sum(r.tensor.numel() for r in raw.values())
         place = pool.place if pool else None
-        run = partial(compute.compute, spec, tensors, request, grad_wrt, self.device, place)
+        job = Job(cost.elements, partial(compute.compute, spec, tensors, request, grad_wrt, self.device, place))
 
-        def counted() -> compute.LossResult:
-            result = run()
+        def counted(result: compute.LossResult) -> compute.LossResult:
             if self.on_elements is not None:
                 self.on_elements(spec.name, elements)
             return result
 
-        return Job(cost.elements, counted)
+        return job.then(counted)
 
-    def check_elements(self, raw: Mapping[str, compute.RawTensor]) -> None:
-        """Every decoded tensor, and all of them together, within the element limits."""
+    def check_elements(self, raw: Mapping[str, compute.RawTensor]) -> int:
+        """Every decoded tensor, and all of them together, within the element limits; returns the total."""
         for name, r in raw.items():
             self.limits.tensor(name, r.tensor.shape)
-        self.limits.request([r.tensor.numel() for r in raw.values()])
+        return self.limits.request([r.tensor.numel() for r in raw.values()])
 
     @staticmethod
     def validate(model: type[BaseModel], payload: dict[str, Any]) -> Any:

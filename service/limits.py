@@ -39,8 +39,8 @@ class Limits:
                 actual=count,
             )
 
-    def request(self, counts: Sequence[int]) -> None:
-        """Refuse a request whose tensors together exceed the per-request limit."""
+    def request(self, counts: Sequence[int]) -> int:
+        """Refuse a request whose tensors together exceed the per-request limit; returns the total."""
         total = sum(counts)
         if total > self.max_request_elements:
             raise PayloadTooLarge(
@@ -48,6 +48,7 @@ class Limits:
                 limit=self.max_request_elements,
                 actual=total,
             )
+        return total
 
     def entries(self, count: int) -> None:
         """Refuse a /v1/evaluate request with more losses than the limit."""

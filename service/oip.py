@@ -9,6 +9,7 @@ extension). Validation and compute are the data plane's, shared with v1.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +18,7 @@ from service import __version__, codec
 from service.compute import LossResult, RawTensor
 from service.dataplane import DataPlane, Job
 from service.errors import InvalidRequest, InvalidTensor
+from service.limits import Limits
 from service.losses.registry import LossSpec, TensorKind
 
 VERSION = "1"
@@ -130,14 +132,14 @@ def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | No
     binary_default = parameters.get("binary_data_output") is True
     outputs = request.outputs or [RequestOutput(name="loss")]
     wanted = _wanted_outputs(spec, outputs)
-    raw = _inputs(spec, request.inputs, binary, plane)
+    raw = _inputs(spec, request.inputs, binary, plane.limits)
     for name in wanted:
         if name.startswith("grad_") and name[5:] not in raw:
             raise InvalidRequest(f"output {name!r} needs input {name[5:]!r}, which the request does not give")
     fields = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS and not k.startswith("triton_")}
     fields |= {"return_grad": [name[5:] for name in wanted if name != "loss"]} | dict.fromkeys(raw, True)
     job = plane.plan(spec, plane.validate(plane.models[spec.name], fields), raw)
-    return Job(job.cost, lambda: _answer(spec, request, outputs, binary_default, job.run()))
+    return job.then(partial(_answer, spec, request, outputs, binary_default))
 
 
 def _answer(
@@ -178,7 +180,7 @@ def _wanted_outputs(spec: LossSpec, outputs: list[RequestOutput]) -> list[str]:
     return names
 
 
-def _inputs(spec: LossSpec, inputs: list[RequestInput], binary: memoryview, plane: DataPlane) -> dict[str, RawTensor]:
+def _inputs(spec: LossSpec, inputs: list[RequestInput], binary: memoryview, limits: Limits) -> dict[str, RawTensor]:
     """Each input read from its JSON data or its slice of the binary data, in request order."""
     args = {arg.name: arg for arg in spec.tensors}
     raw: dict[str, RawTensor] = {}
@@ -200,7 +202,7 @@ def _inputs(spec: LossSpec, inputs: list[RequestInput], binary: memoryview, plan
                     loc=(item.name, "binary_data_size"),
                 )
             chunk, offset = binary[offset : offset + size], offset + size
-        raw[item.name] = codec.decode_v2(item.name, item.datatype, item.shape, item.data, chunk, plane.limits)
+        raw[item.name] = codec.decode_v2(item.name, item.datatype, item.shape, item.data, chunk, limits)
     if offset != len(binary):
         raise InvalidRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
     for name, arg in args.items():
