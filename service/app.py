@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,  # served by `docs.router`, after the busy routes
         docs_url=None,
         redoc_url=None,
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.lossd = state
     app.router.redirect_slashes = False  # a 307 to a URL built from the Host header: answer 404 instead

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     access_log: bool = True
     """One JSON line per request on stderr (at log level info and below), written in batches every 50 ms."""
 
+    opentelemetry: bool = False
+    """FastAPI's built-in OpenTelemetry instrumentation (request spans, metrics and logs sent to the globally
+    configured OpenTelemetry providers; an OpenTelemetry SDK must be installed and configured). Off by default:
+    lossd has its own Prometheus metrics and access log, and the check costs every request a few microseconds."""
+
     max_concurrency: int = Field(4, ge=1)
     """Requests decoded and computed at the same time per worker, in threads (the rest wait their turn)."""
 

@@ -16,6 +16,8 @@ import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter
 from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from service.api.edge import AccessLog
 from service.api.metrics import Metrics
@@ -169,10 +171,9 @@ BINARY_TYPES = ("application/octet-stream", "application/vnd.sagemaker-triton.bi
 """Content types of bodies with binary tensor data (the Open Inference Protocol's extension)."""
 
 
-def require_json(request: Request, *, binary: bool = False) -> None:
+def require_json(content_type: str | None, *, binary: bool = False) -> None:
     """Refuse bodies declared as anything but JSON, or JSON with binary data where `binary` allows it
     (a missing content type is read as JSON)."""
-    content_type = request.headers.get("content-type")
     if content_type is None:
         return
     media_type = content_type.split(";", 1)[0].strip().lower()
@@ -183,6 +184,36 @@ def require_json(request: Request, *, binary: bool = False) -> None:
         f"expected content-type {expected}, got {media_type!r} (curl: -H 'content-type: application/json')",
         loc=("content-type",),
     )
+
+
+def header_values(scope: Scope, *names: bytes) -> list[str | None]:
+    """The first value of each of the headers `names` (lower case) in an ASGI scope, or None."""
+    found: list[str | None] = [None] * len(names)
+    for key, value in scope["headers"]:
+        if key in names:
+            i = names.index(key)
+            if found[i] is None:
+                found[i] = value.decode("latin-1")
+    return found
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (the edge has bounded it); a client that hangs up raises `ClientDisconnect`."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_json(send: Send, body: bytes, status: int = 200) -> None:
+    """A complete `application/json` response."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def gradient_weight(body: bytes) -> int:

@@ -10,16 +10,18 @@ with that loss's request model plus the generic one, come from the registry in `
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from service.api.deps import AppState, StateDep, require_json
+from service.api.deps import AppState, StateDep, header_values, read_body, require_json, send_json
 from service.api.errors import problem_body
-from service.losses.registry import LossSpec, Registry
+from service.losses.registry import Registry
 
 LOSS_ROUTE = "/v1/losses/{name}"
 """The route template every loss computation is counted under (metrics, access log)."""
@@ -34,17 +36,27 @@ def _json_200(schema: str) -> dict[int | str, Any]:
     return {200: {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
 
 
-async def compute(request: Request) -> Response:
-    """`POST /v1/losses/{name}`: the loss `name` in any case, or one of its aliases (torch's functional name,
-    its `torch.nn` class name). An unknown name is a 404 naming close matches."""
-    state: AppState = request.app.state.lossd
-    return await _compute(state.plane.registry.get(request.path_params["name"]), request)
+class LossEndpoint:
+    """`POST /v1/losses/{name}` as a plain ASGI app: no Request or Response objects on the busiest route.
+    Errors propagate as domain exceptions to the app's error handlers, like every other route's."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`POST /v1/losses/{name}`: the loss `name` in any case, or one of its aliases (torch's functional name,
+        its `torch.nn` class name). An unknown name is a 404 naming close matches."""
+        state: AppState = scope["app"].state.lossd
+        spec = state.plane.registry.get(scope["path_params"]["name"])
+        headers = header_values(scope, b"content-type", b"content-encoding")
+        require_json(headers[0])
+        scope["lossd"] |= {"loss": spec.name, "route": LOSS_ROUTE}
+        body = await read_body(receive)
+        out = await state.compute(body, headers[1], partial(state.plane.loss, spec))
+        await send_json(send, out)
 
 
 def loss_route() -> Route:
     """`POST /v1/losses/{name}`, to be mounted first in the app: it is the busiest route, and a route inside an
     included router is matched twice (8 us a request here)."""
-    return Route(LOSS_ROUTE, compute, methods=["POST"])
+    return Route(LOSS_ROUTE, LossEndpoint(), methods=["POST"])
 
 
 def build_router() -> APIRouter:
@@ -71,7 +83,7 @@ def build_router() -> APIRouter:
     async def evaluate(request: Request) -> Response:
         """Many losses over one set of tensors; each result, or its own problem, in request order."""
         state: AppState = request.app.state.lossd
-        require_json(request)
+        require_json(request.headers.get("content-type"))
         body = await request.body()
         job = partial(state.plane.evaluate, describe=problem_body)
         out = await state.compute(body, request.headers.get("content-encoding"), job)
@@ -98,7 +110,7 @@ def openapi_paths(registry: Registry, models: dict[str, type]) -> dict[str, Any]
     generic = operation(
         "losses-compute",
         "Compute a loss by any of its names",
-        str(compute.__doc__).split(": ", 1)[1],
+        str(inspect.getdoc(LossEndpoint.__call__)).split(": ", 1)[1],
         {"oneOf": [{"$ref": f"#/components/schemas/{model.__name__}"} for model in models.values()]},
     )
     generic["parameters"] = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
@@ -108,13 +120,3 @@ def openapi_paths(registry: Registry, models: dict[str, type]) -> dict[str, Any]
         schema = {"$ref": f"#/components/schemas/{models[spec.name].__name__}"}
         paths[f"/v1/losses/{spec.name}"] = {"post": operation(f"losses-{spec.name}", spec.summary, description, schema)}
     return paths
-
-
-async def _compute(spec: LossSpec, request: Request) -> Response:
-    state: AppState = request.app.state.lossd
-    require_json(request)
-    request.scope["lossd"] |= {"loss": spec.name, "route": LOSS_ROUTE}
-    body = await request.body()
-    job = partial(state.plane.loss, spec)
-    out = await state.compute(body, request.headers.get("content-encoding"), job)
-    return Response(out, media_type="application/json")

@@ -91,7 +91,7 @@ async def infer(request: Request, state: StateDep, name: str, version: str | Non
     """Compute a loss (and the requested gradients) from JSON or binary tensors."""
     spec = _model(state, name, version)
     request.scope["lossd"] |= {"loss": spec.name, "route": "/v2/models/{name}/infer"}
-    require_json(request, binary=True)
+    require_json(request.headers.get("content-type"), binary=True)
     body = await request.body()
     job = partial(oip.infer, state.plane, spec, header_length=request.headers.get("inference-header-content-length"))
     encoding = request.headers.get("content-encoding")
