@@ -65,9 +65,11 @@ bench: install-bench
 bench-quick: install-bench
 	$(PY) bench/run.py --quick --out bench/RESULTS-quick.md
 
-## loadtest: a bounded load run (20,000 requests or 2 minutes) against a freshly started service
+## loadtest: a bounded load run (20,000 requests or 2 minutes) against a freshly started service, then 160
+## clients sending a 39 MB body at once (peak memory against the README's formula)
 loadtest: install-dev
 	$(PY) scripts/loadtest.py --spawn --requests 20000 --seconds 120 --clients 16
+	$(PY) scripts/bigbody_load.py --clients 160 --rounds 2
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -490,6 +490,47 @@ def time_split() -> str:
     return " | ".join(f"{k} {np.median(v[1:]):.1f} ms" for k, v in phases.items())
 
 
+def isolation_overhead() -> list[str]:
+    """What a worker process costs a computation: mse with its gradient, computed in this process and in a
+    (warm) worker process, median of repeated runs; the difference is the copies through shared memory and
+    the round trip."""
+    from service.dataplane import DataPlane
+    from service.isolation import Task, WorkerPool
+    from service.losses import REGISTRY
+
+    plane = DataPlane(REGISTRY, torch.device("cpu"))
+    spec = REGISTRY.get("mse")
+    params = plane.validate(plane.models["mse"], {"input": True, "target": True, "return_grad": True})
+    pool = WorkerPool(1, torch.device("cpu"), 8 * 2**30, torch_threads=1)
+    lines = [
+        "",
+        "## Worker process overhead",
+        "",
+        "mse with its gradient, in-process against in a warm worker process (median; the worker adds the copies "
+        "through shared memory and one round trip). Only computations predicted to build more than "
+        "`LOSSD_ISOLATE_WORK_BYTES` (64 MiB) go to a worker.",
+        "",
+        "| N | in-process | worker process | overhead |",
+        "|---|---|---|---|",
+    ]
+    try:
+        pool.warm()
+        for n, repeats in ((1, 200), (1_000, 200), (1_000_000, 20)):
+            x, y = (torch.from_numpy(v) for v in _vectors(n, n))
+            task = Task(spec, {"input": x, "target": y}, params, ["input", "target"])
+            timings: dict[str, list[float]] = {"here": [], "worker": []}
+            for _ in range(repeats):
+                for where, run in (("here", plane.run_here), ("worker", pool.execute)):
+                    start = time.perf_counter()
+                    run(task)
+                    timings[where].append(time.perf_counter() - start)
+            here, worker = (float(np.median(timings[k])) * 1e3 for k in ("here", "worker"))
+            lines.append(f"| {n:,} | {here:.3f} ms | {worker:.3f} ms | {worker - here:+.3f} ms |")
+    finally:
+        pool.close()
+    return lines
+
+
 def machine() -> str:
     cpu = next(
         (
@@ -665,6 +706,7 @@ def report(
             "Time split of one cross_entropy 65,536 x 100 request with its gradient "
             f"(in-process, median of 5): {split}.",
         ]
+    lines += isolation_overhead()
     if quick:
         lines += ["", "(quick run: N=1 and N=1,000 only)"]
     notes = HERE / "NOTES.md"

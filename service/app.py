@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -23,9 +24,13 @@ from service.api.metrics import Metrics
 from service.compute import resolve_device
 from service.config import Settings
 from service.dataplane import DataPlane
+from service.errors import LossdError
+from service.isolation import WorkerPool
 from service.limits import Limits
 from service.losses import REGISTRY
 from service.runtime import configure_logging, tune_process
+
+log = logging.getLogger("lossd")
 
 DESCRIPTION = (
     "PyTorch loss functions over HTTP: send tensors as JSON, get torch's exact loss values and gradients back. "
@@ -43,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_request_elements=settings.max_request_elements,
         max_dims=settings.max_dims,
         max_evaluate_entries=settings.max_evaluate_entries,
+        max_work_bytes=settings.max_work_bytes,
+        max_response_bytes=settings.max_response_bytes,
     )
     device = resolve_device(settings.device)
     metrics = Metrics(str(device))
@@ -54,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         catalog={spec.name: schemas.catalog_entry(spec) for spec in REGISTRY},
         metrics=metrics,
         access_log=AccessLog() if logs_requests else None,
+        workers=WorkerPool(settings.max_concurrency, device, settings.worker_memory_cap, settings.torch_threads),
     )
     app = FastAPI(
         title="lossd",
@@ -77,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         Edge,
         keys=state.api_keys,
         max_body_bytes=settings.max_body_bytes,
+        max_inflight_bytes=settings.max_inflight_bytes,
         metrics=metrics,
         access_log=state.access_log,
     )
@@ -125,14 +134,27 @@ def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManage
         gc.collect()
         gc.freeze()
         unwatch = state.metrics.watch_gc()
+        if state.workers is not None:  # the fork server and a first worker, while the server starts
+            threading.Thread(target=_warm, args=(state.workers,), name="lossd-warm-workers", daemon=True).start()
         try:
             yield
         finally:
             unwatch()
+            if state.workers is not None:
+                state.workers.close()
             if state.access_log is not None:
                 state.access_log.flush()
 
     return lifespan
+
+
+def _warm(workers: WorkerPool) -> None:
+    try:
+        workers.warm()
+    except LossdError as exc:  # closed before it was warm
+        log.debug("worker processes not warmed: %s", exc)
+    except Exception:
+        log.exception("could not start a worker process; large computations will retry when they come")
 
 
 def _document_errors(document: dict[str, Any]) -> None:

@@ -185,18 +185,20 @@ def compute(
     found = list(spec.check(tensors, params)) if spec.check else []
     try:
         on_device = {name: place(t) if place else to_device(t, device) for name, t in tensors.items()}
-        leaves = [on_device[name].detach().requires_grad_(True) for name in grad_wrt]
-        on_device.update(zip(grad_wrt, leaves, strict=True))
-        with torch.set_grad_enabled(bool(leaves)):
-            loss = spec(on_device, params)
-            grads: Sequence[Tensor | None] = ()
-            if leaves and loss.requires_grad:
-                grads = torch.autograd.grad(loss, leaves, grad_outputs=torch.ones_like(loss), allow_unused=True)
-        filled = [
-            grad if grad is not None else torch.zeros_like(leaf)
-            for leaf, grad in zip(leaves, grads or [None] * len(leaves), strict=True)
-        ]
-        loss, *host_grads = to_host([loss, *filled])
+        if not grad_wrt:  # no tensor requires grad, so torch records no graph: no grad mode to switch
+            loss, *host_grads = to_host([spec(on_device, params)])
+        else:
+            leaves = [on_device[name].detach().requires_grad_(True) for name in grad_wrt]
+            on_device.update(zip(grad_wrt, leaves, strict=True))
+            with torch.enable_grad():
+                loss = spec(on_device, params)
+                grads: Sequence[Tensor | None] = [None] * len(leaves)
+                if loss.requires_grad:
+                    grads = torch.autograd.grad(loss, leaves, grad_outputs=torch.ones_like(loss), allow_unused=True)
+            filled = [
+                grad if grad is not None else torch.zeros_like(leaf) for leaf, grad in zip(leaves, grads, strict=True)
+            ]
+            loss, *host_grads = to_host([loss, *filled])
     except torch.OutOfMemoryError as exc:
         raise ResourceExhausted(f"not enough memory on {device} for this request") from exc
     except torch.AcceleratorError as exc:  # not the client's doing, and the CUDA context is lost for good

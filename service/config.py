@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -80,6 +80,39 @@ class Settings(BaseSettings):
     most this many tensor elements (after broadcasting, gradients included); the rest go to the worker
     threads, under admission and the timeout. 0 computes everything in threads."""
 
+    max_work_bytes: int = Field(1 << 30, ge=1 << 20)
+    """Memory one computation may build (its tensors, torch's intermediates, gradients), as the loss's cost
+    model predicts it from the shapes before torch runs (413 beyond)."""
+
+    max_response_bytes: int = Field(512 * 2**20, ge=1024)
+    """Largest response body, predicted from the output's size and encoding before computing (413 beyond)."""
+
+    max_inflight_bytes: int = Field(256 * 2**20, ge=1024)
+    """Request body bytes being received and processed at once, over all requests (declared Content-Length,
+    or counted as a chunked body arrives); a request that would pass it gets a 503 before its body is read."""
+
+    isolate_work_bytes: int = Field(64 * 2**20, ge=0)
+    """Computations predicted to build more than this run in a worker process, which is killed (and
+    replaced) on timeout or when it passes `worker_memory_bytes`; smaller ones run in threads. 0 sends
+    everything that leaves the event loop to the worker processes."""
+
+    worker_memory_bytes: int = Field(0, ge=0)
+    """Memory a worker process may use beyond what it held when idle; past it, the process is killed and
+    the request answered 503. 0: twice `max_work_bytes`."""
+
+    max_connections: int = Field(1024, ge=1)
+    """Open client connections per worker process; connections beyond are closed at once."""
+
+    read_timeout_s: float = Field(30.0, gt=0)
+    """Longest a client may take to send a request's head and body, from its first byte (408 beyond, or
+    the connection is closed)."""
+
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    """Size of a request's line and headers together (431 beyond)."""
+
+    keep_alive_s: float = Field(5.0, gt=0)
+    """Seconds an idle keep-alive connection stays open."""
+
     malloc_arenas: int = Field(2, ge=0)
     """glibc malloc arenas (mallopt M_ARENA_MAX); few arenas keep big bodies fast. 0 keeps glibc's default."""
 
@@ -95,3 +128,28 @@ class Settings(BaseSettings):
         if value.startswith("cuda:") and value[5:].isdigit():
             return value
         raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+
+    @model_validator(mode="after")
+    def _admits_requests(self) -> Settings:
+        """Refuse settings under which some valid request could never be admitted."""
+        if self.max_concurrency + self.max_queue < 2:
+            raise ValueError(
+                "LOSSD_MAX_CONCURRENCY + LOSSD_MAX_QUEUE must be at least 2: a request that asks for gradients "
+                "counts twice, and could never be admitted"
+            )
+        if self.max_inflight_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"LOSSD_MAX_INFLIGHT_BYTES ({self.max_inflight_bytes}) is below LOSSD_MAX_BODY_BYTES "
+                f"({self.max_body_bytes}): a body of the largest accepted size could never be admitted"
+            )
+        if self.worker_memory_bytes and self.worker_memory_bytes < self.max_work_bytes:
+            raise ValueError(
+                f"LOSSD_WORKER_MEMORY_BYTES ({self.worker_memory_bytes}) is below LOSSD_MAX_WORK_BYTES "
+                f"({self.max_work_bytes}): admitted work would be killed"
+            )
+        return self
+
+    @property
+    def worker_memory_cap(self) -> int:
+        """The memory cap of each worker process, in bytes beyond its idle size."""
+        return self.worker_memory_bytes or 2 * self.max_work_bytes

@@ -9,8 +9,7 @@ where the job runs. Errors are domain exceptions. Keeping this free of HTTP lets
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -19,6 +18,7 @@ from torch import Tensor
 
 from service import codec, compute, schemas
 from service.errors import ErrorDetail, InvalidRequest, Loc, LossdError, MalformedBody, UnknownLoss
+from service.isolation import Task
 from service.limits import Limits
 from service.losses.registry import LossParams, LossSpec, Registry, TensorKind
 
@@ -29,17 +29,47 @@ Describe = Callable[[LossdError], dict[str, Any]]
 """Turns an error into the problem object that stands for one failed entry of /v1/evaluate."""
 
 
+Execute = Callable[[Task], compute.LossResult]
+"""Where a computation runs: in this process (`Task.run_here`), or in a worker process (`WorkerPool`)."""
+
+
 @dataclass(frozen=True)
 class Job(Generic[T]):
-    """A request read and validated: its predicted cost and the computation that answers it."""
+    """A request read and validated: what computing it will cost (predicted, before any torch call), and
+    the steps that answer it, given where its computations run."""
 
     cost: int
     """Tensor elements the computation will hold at its peak (see `registry.Cost`)."""
-    run: Callable[[], T]
+    work_bytes: int
+    """The same in bytes: the memory the computation will build at its peak."""
+    output_bytes: int
+    """The most bytes its response may take."""
+    steps: Callable[[Execute], T]
+    here: Execute
+    """Runs a computation in this process: the default of `run`."""
+
+    def run(self, execute: Execute | None = None) -> T:
+        """Answer the request, computing with `execute` (in this process by default)."""
+        return self.steps(execute or self.here)
 
     def then(self, fn: Callable[[T], U]) -> Job[U]:
         """The same work, its result passed on to `fn` (encoding it, say)."""
-        return Job(self.cost, lambda: fn(self.run()))
+        steps = self.steps
+        return replace(self, steps=lambda execute: fn(steps(execute)))  # type: ignore[arg-type, return-value]
+
+
+BYTES_PER_JSON_NUMBER = 25
+"""The most characters a number takes in a JSON response (`-2.2250738585072014e-308,`)."""
+
+
+def encoded_bytes(elements: int, encoding: str, itemsize: int) -> int:
+    """The most bytes `elements` numbers of `itemsize` bytes take in a response: JSON text, base64, or raw
+    (the Open Inference Protocol's binary data)."""
+    if encoding == "base64":
+        return (elements * itemsize + 2) // 3 * 4
+    if encoding == "binary":
+        return elements * itemsize
+    return elements * BYTES_PER_JSON_NUMBER
 
 
 @dataclass
@@ -85,18 +115,26 @@ class DataPlane:
             except LossdError as exc:
                 entries.append((entry.name, exc))
 
-        def run() -> bytes:
+        def steps(execute: Execute) -> bytes:
             results: list[dict[str, Any]] = []
             for name, job in entries:
                 try:
                     if isinstance(job, LossdError):
                         raise job
-                    results.append(job.run())
+                    results.append(job.run(execute))
                 except LossdError as exc:
                     results.append({"name": name, **describe(exc)})
             return codec.dumps({"results": results})
 
-        return Job(sum(job.cost for _, job in entries if isinstance(job, Job)), run)
+        jobs = [job for _, job in entries if isinstance(job, Job)]
+        output = sum(job.output_bytes for job in jobs)
+        self.limits.response(output)
+        work = max((job.work_bytes for job in jobs), default=0)  # the entries compute one after the other
+        return Job(sum(job.cost for job in jobs), work, output, steps, self.run_here)
+
+    def run_here(self, task: Task) -> compute.LossResult:
+        """Compute `task` in this process, on this plane's device."""
+        return task.run_here(self.device)
 
     def ready(self) -> bool:
         """True when the registry is loaded and the device runs a tiny computation."""
@@ -138,35 +176,50 @@ class DataPlane:
         except LossdError as exc:
             raise relocated(exc) from None
 
-        def run() -> dict[str, Any]:
+        def steps(execute: Execute) -> dict[str, Any]:
             try:
-                result = job.run()
+                result = job.run(execute)
             except LossdError as exc:
                 raise relocated(exc) from None
             return {"name": spec.name, "status": 200, **encode_result(result, params.output_encoding)}
 
-        return Job(job.cost, run)
+        return replace(job, steps=steps)  # type: ignore[arg-type, return-value]
 
     def plan(
-        self, spec: LossSpec, request: LossParams, raw: Mapping[str, compute.RawTensor], pool: _Pool | None = None
+        self,
+        spec: LossSpec,
+        request: LossParams,
+        raw: Mapping[str, compute.RawTensor],
+        pool: _Pool | None = None,
+        output_encoding: str | None = None,
     ) -> Job[compute.LossResult]:
-        """The shared core of every protocol: dtypes by kind, the element limits and the cost model's
-        prediction; the job runs the checks, the loss and its gradients on the device."""
+        """The shared core of every protocol: dtypes by kind, the limits on elements, memory and response size
+        (all from the cost model's prediction, before torch runs); the job runs the checks, the loss and its
+        gradients. `output_encoding` (json, base64 or binary) defaults to the request's."""
         assert isinstance(request, schemas.RequestOptions)
         elements = self.check_elements(raw)
         tensors = compute.prepare(spec, raw, pool.cast if pool else compute.host_cast(self.device))
         grad_wrt = _grad_wrt(spec, request.return_grad, tensors)
         cost = spec.cost({name: tuple(t.shape) for name, t in tensors.items()}, request, len(grad_wrt))
-        self.limits.elements(cost.largest_name, cost.largest, cost.largest_loc)
-        place = pool.place if pool else None
-        job = Job(cost.elements, partial(compute.compute, spec, tensors, request, grad_wrt, self.device, place))
+        limits = self.limits
+        limits.elements(cost.largest_name, cost.largest, cost.largest_loc)
+        itemsize = max((t.element_size() for t in tensors.values()), default=4)
+        work = cost.elements * itemsize
+        if work > limits.max_work_bytes:
+            limits.work(f"{spec.name} would build {cost.largest_name} and more", work, cost.largest_loc)
+        float_size = max((t.element_size() for t in tensors.values() if t.is_floating_point()), default=4)
+        output = encoded_bytes(cost.output, output_encoding or request.output_encoding, float_size)
+        limits.response(output)
+        task = Task(spec, tensors, request, grad_wrt, pool.place if pool else None)
+        on_elements = self.on_elements
 
-        def counted(result: compute.LossResult) -> compute.LossResult:
-            if self.on_elements is not None:
-                self.on_elements(spec.name, elements)
+        def steps(execute: Execute) -> compute.LossResult:
+            result = execute(task)
+            if on_elements is not None:
+                on_elements(spec.name, elements)
             return result
 
-        return job.then(counted)
+        return Job(cost.elements, work, output, steps, self.run_here)
 
     def check_elements(self, raw: Mapping[str, compute.RawTensor]) -> int:
         """Every decoded tensor, and all of them together, within the element limits; returns the total."""

@@ -1,7 +1,7 @@
 """Domain errors: what went wrong, where (`loc`), and what was expected. No HTTP here.
 
 Every error a client can cause is a `LossdError` subclass with a stable `slug` (its problem type) and
-a `title`. The API layer maps each class to an HTTP status in one table (`service.api.problems`).
+a `title`. The API layer maps each class to an HTTP status in one table (`service.api.errors`).
 A `loc` is a path into the request, starting at the argument name: `("target", 3)` is the fourth
 element of `target`, `("beta",)` the parameter `beta`.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 Loc = tuple[str | int, ...]
 
@@ -44,6 +44,17 @@ class LossdError(Exception):
         self.limit = limit
         """For errors about a configured limit: the limit, and what the request asked for."""
         self.actual = actual
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled whole (a worker process raises, the server answers): every attribute travels."""
+        return _rebuild, (type(self), self.detail, dict(self.__dict__))
+
+
+def _rebuild(cls: type[LossdError], detail: str, attributes: dict[str, Any]) -> LossdError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, detail)
+    exc.__dict__.update(attributes)
+    return exc
 
 
 class MalformedBody(LossdError):

@@ -24,6 +24,10 @@ class Limits:
     """Dimensions (JSON nesting depth) of a tensor."""
     max_evaluate_entries: int = 64
     """Losses in one /v1/evaluate request."""
+    max_work_bytes: int = 1 << 30
+    """Memory one computation may build, as its loss's cost model predicts it."""
+    max_response_bytes: int = 512 * 2**20
+    """Size of a response body, predicted from the output's elements and encoding."""
 
     def tensor(self, name: str, shape: Sequence[int]) -> None:
         """Refuse a tensor of `shape` larger than the per-tensor limit (413, with limit and actual)."""
@@ -49,6 +53,26 @@ class Limits:
                 actual=total,
             )
         return total
+
+    def work(self, what: str, nbytes: int, loc: Loc) -> None:
+        """Refuse a computation predicted to build more than `max_work_bytes`; `what` says what it builds."""
+        if nbytes > self.max_work_bytes:
+            raise PayloadTooLarge(
+                f"{what}: about {nbytes} bytes of memory; the limit is {self.max_work_bytes} (LOSSD_MAX_WORK_BYTES)",
+                loc=loc,
+                limit=self.max_work_bytes,
+                actual=nbytes,
+            )
+
+    def response(self, nbytes: int) -> None:
+        """Refuse a request whose response is predicted to pass `max_response_bytes`."""
+        if nbytes > self.max_response_bytes:
+            raise PayloadTooLarge(
+                f"the response would take up to {nbytes} bytes; the limit is {self.max_response_bytes} "
+                "(LOSSD_MAX_RESPONSE_BYTES): ask for fewer outputs, a reduction, or output_encoding base64",
+                limit=self.max_response_bytes,
+                actual=nbytes,
+            )
 
     def entries(self, count: int) -> None:
         """Refuse a /v1/evaluate request with more losses than the limit."""

@@ -138,7 +138,9 @@ def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | No
             raise InvalidRequest(f"output {name!r} needs input {name[5:]!r}, which the request does not give")
     fields = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS and not k.startswith("triton_")}
     fields |= {"return_grad": [name[5:] for name in wanted if name != "loss"]} | dict.fromkeys(raw, True)
-    job = plane.plan(spec, plane.validate(plane.models[spec.name], fields), raw)
+    binary_outputs = all((output.parameters or {}).get("binary_data", binary_default) is True for output in outputs)
+    params = plane.validate(plane.models[spec.name], fields)
+    job = plane.plan(spec, params, raw, output_encoding="binary" if binary_outputs else "json")
     return job.then(partial(_answer, spec, request, outputs, binary_default))
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -25,6 +26,7 @@ from service.codec import decompress
 from service.config import Settings
 from service.dataplane import DataPlane, Job
 from service.errors import ComputeTimeout, DeviceFailure, Overloaded, UnsupportedMediaType
+from service.isolation import Cancel, WorkerPool
 
 T = TypeVar("T")
 log = logging.getLogger("lossd")
@@ -55,6 +57,8 @@ class AppState:
     request_exit: Callable[[], None] = _terminate_self
     access_log: AccessLog | None = None
     """Where each request's JSON line goes (None: not logged)."""
+    workers: WorkerPool | None = None
+    """The worker processes of large computations (None: everything computes in this process)."""
 
     def __post_init__(self) -> None:
         self.limiter = CapacityLimiter(self.settings.max_concurrency)
@@ -99,8 +103,9 @@ class AppState:
         at most `inline_max_elements`, which takes less time than the hop to a thread and back. All other
         work runs in a worker thread, admitted under the concurrency, queue and time limits: at most
         `max_concurrency` at a time; when `max_queue` more already wait, the request is refused at once
-        (503 with Retry-After) rather than piling up; after `request_timeout_s` the request gets a 504
-        and its slot is freed (the thread itself cannot be interrupted and finishes in the background).
+        (503 with Retry-After) rather than piling up; after `request_timeout_s` the request gets a 504.
+        A computation predicted to build more than `isolate_work_bytes` runs in a worker process, which
+        the timeout kills (its CPU and memory come back at once); smaller ones finish in their thread.
         """
         settings = self.settings
         plain = content_encoding is None or content_encoding.strip().lower() == "identity"
@@ -109,17 +114,23 @@ class AppState:
                 ready = job(body)
                 if ready.cost <= settings.inline_max_elements:
                     return ready.run()
-                return await self._in_thread(ready.run, weight=gradient_weight(body))
+                return await self._in_thread(partial(self._run, ready), weight=gradient_weight(body))
 
-            def inflate_and_run() -> T:
-                return job(decompress(body, content_encoding, settings.max_body_bytes)).run()
+            def inflate_and_run(cancel: Cancel) -> T:
+                return self._run(job(decompress(body, content_encoding, settings.max_body_bytes)), cancel)
 
             return await self._in_thread(inflate_and_run, weight=gradient_weight(body))
         except DeviceFailure:
             self.fail()
             raise
 
-    async def _in_thread(self, fn: Callable[[], T], *, weight: int) -> T:
+    def _run(self, job: Job[T], cancel: Cancel) -> T:
+        """Run a job in this thread, its computations in a worker process when they are large."""
+        if self.workers is not None and job.work_bytes > self.settings.isolate_work_bytes:
+            return job.run(partial(self.workers.execute, cancel=cancel))
+        return job.run()
+
+    async def _in_thread(self, fn: Callable[[Cancel], T], *, weight: int) -> T:
         settings, metrics = self.settings, self.metrics
         if self.pending + weight > settings.max_concurrency + settings.max_queue:
             metrics.rejections.labels(reason="overloaded").inc()
@@ -131,6 +142,7 @@ class AppState:
         self.pending += weight
         metrics.queued += weight
         queued = True
+        cancel = Cancel()
         try:
             with anyio.fail_after(settings.request_timeout_s):
                 async with self.limiter:
@@ -138,10 +150,11 @@ class AppState:
                     queued = False
                     metrics.computing += 1
                     try:
-                        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self.threads)
+                        return await anyio.to_thread.run_sync(fn, cancel, abandon_on_cancel=True, limiter=self.threads)
                     finally:
                         metrics.computing -= 1
         except TimeoutError:
+            cancel.cancel()  # a worker process computing it is killed; a thread finishes in the background
             metrics.rejections.labels(reason="timeout").inc()
             raise ComputeTimeout(
                 f"the request took longer than {settings.request_timeout_s} s", limit=int(settings.request_timeout_s)

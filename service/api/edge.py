@@ -21,9 +21,9 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import InternalError, protocol_of, render
+from service.api.errors import InternalError, NotReady, protocol_of, render
 from service.api.metrics import Metrics
-from service.errors import LossdError, PayloadTooLarge, Unauthorized
+from service.errors import LossdError, Overloaded, PayloadTooLarge, Unauthorized
 
 log = logging.getLogger("lossd")
 
@@ -38,7 +38,14 @@ class Edge:
     """Ids, keys, limits, metrics and the access log for every HTTP request of one app."""
 
     def __init__(
-        self, app: ASGIApp, *, keys: list[str], max_body_bytes: int, metrics: Metrics, access_log: AccessLog | None
+        self,
+        app: ASGIApp,
+        *,
+        keys: list[str],
+        max_body_bytes: int,
+        max_inflight_bytes: int,
+        metrics: Metrics,
+        access_log: AccessLog | None,
     ):
         self.app = app
         self.keys = [key.encode() for key in keys]
@@ -46,6 +53,7 @@ class Edge:
         self.metrics = metrics
         self.access_log = access_log
         self.ids = RequestIds()
+        self.inflight = InflightBytes(max_inflight_bytes)
         self._static: frozenset[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,7 +76,11 @@ class Edge:
                 info["bytes_out"] += len(message.get("body", b""))
             await send(message)
 
+        inflight = self.inflight
+        held = 0  # body bytes this request holds of the in-flight bound
+
         async def counted_receive() -> Message:
+            nonlocal held
             message = await receive()
             if message["type"] == "http.request":
                 info["bytes_in"] += len(message.get("body", b""))
@@ -76,16 +88,33 @@ class Edge:
                     raise PayloadTooLarge(
                         f"the request body exceeds the limit of {limit} bytes", limit=limit, actual=info["bytes_in"]
                     )
+                if info["bytes_in"] > held:  # a chunked body (or one longer than declared) counts as it comes
+                    inflight.take(info["bytes_in"] - held)
+                    held = info["bytes_in"]
             return message
 
         self.metrics.in_flight += 1
         try:
             refusal = self._refusal(scope["path"], headers)
+            if refusal is None and (declared := _declared(headers)):
+                refusal = inflight.admit(declared)
+                held = declared if refusal is None else 0
             if refusal is not None:
                 self.metrics.rejections.labels(reason=refusal.slug).inc()
                 await render(refusal, protocol_of(scope["path"]))(scope, receive, send_with_id)
             else:
                 await self.app(scope, counted_receive, send_with_id)
+        except asyncio.CancelledError:  # the server stops waiting for this request (the drain timed out)
+            if not info["status"]:
+                gone = NotReady("the server is shutting down and stopped this request; retry on another replica")
+                with contextlib.suppress(Exception):
+                    await render(gone, protocol_of(scope["path"]))(scope, receive, send_with_id)
+            raise
+        except Overloaded as exc:  # a chunked body that passed the in-flight bound while arriving
+            if info["status"]:
+                raise
+            self.metrics.rejections.labels(reason=exc.slug).inc()
+            await render(exc, protocol_of(scope["path"]))(scope, receive, send_with_id)
         except Exception as exc:  # the route's handlers render every expected error: this is a bug
             log.error(
                 "unexpected error on %s %s",
@@ -99,6 +128,7 @@ class Edge:
             detail = f"the server failed to handle this request; quote request id {request_id}"
             await render(InternalError(detail), protocol_of(scope["path"]))(scope, receive, send_with_id)
         finally:
+            inflight.give_back(held)
             self.metrics.in_flight -= 1
             self._record(scope, info, time.perf_counter() - start)
 
@@ -110,12 +140,12 @@ class Edge:
             matched = [hmac.compare_digest(token.strip(), key) for key in self.keys]
             if scheme.lower() != b"bearer" or not any(matched):
                 return Unauthorized("a valid API key is required: send `Authorization: Bearer <key>`")
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        declared = _declared(headers)
+        if declared > self.limit:
             return PayloadTooLarge(
-                f"the request body of {int(declared)} bytes exceeds the limit of {self.limit} bytes",
+                f"the request body of {declared} bytes exceeds the limit of {self.limit} bytes",
                 limit=self.limit,
-                actual=int(declared),
+                actual=declared,
             )
         return None
 
@@ -148,6 +178,46 @@ class Edge:
             app = scope.get("app")
             self._static = frozenset(getattr(r, "path", "") for r in getattr(app, "routes", []))
         return str(scope["path"]) if scope["path"] in self._static else "unmatched"
+
+
+def _declared(headers: dict[bytes, bytes]) -> int:
+    """The body size a request declares (0 without a valid Content-Length)."""
+    declared = headers.get(b"content-length")
+    return int(declared) if declared is not None and declared.isdigit() else 0
+
+
+class InflightBytes:
+    """The request body bytes the app holds at once, bounded: a body that would pass the bound is refused
+    (503, Retry-After) before it is read. A declared `Content-Length` is taken whole when the request
+    arrives; a chunked body is taken as its chunks arrive."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+
+    def admit(self, nbytes: int) -> Overloaded | None:
+        """Take `nbytes` for a declared body, or say why not."""
+        if self.held + nbytes > self.limit:
+            return self._refusal(nbytes)
+        self.held += nbytes
+        return None
+
+    def take(self, nbytes: int) -> None:
+        """Take `nbytes` more of a body as it arrives; raises `Overloaded` past the bound."""
+        if self.held + nbytes > self.limit:
+            raise self._refusal(nbytes)
+        self.held += nbytes
+
+    def give_back(self, nbytes: int) -> None:
+        self.held -= nbytes
+
+    def _refusal(self, nbytes: int) -> Overloaded:
+        return Overloaded(
+            f"{self.held} bytes of request bodies are being received or processed; {nbytes} more would pass "
+            f"the limit of {self.limit} (LOSSD_MAX_INFLIGHT_BYTES): retry shortly",
+            limit=self.limit,
+            actual=self.held + nbytes,
+        )
 
 
 class RequestIds:

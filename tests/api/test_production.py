@@ -231,7 +231,7 @@ def test_cors_is_off_by_default_and_configurable(client: TestClient, make_client
 
 
 def test_two_apps_in_one_process_keep_their_own_limits(make_client: Callable[..., TestClient]) -> None:
-    small = make_client(max_tensor_elements=100, max_dims=2, max_evaluate_entries=1, max_concurrency=1, max_queue=0)
+    small = make_client(max_tensor_elements=100, max_dims=2, max_evaluate_entries=1, max_concurrency=1, max_queue=1)
     large = make_client()
     body = {"input": [0.5] * 1000, "target": [0.25] * 1000}
     deep = {"input": [[[0.5]]], "target": [[[0.25]]]}

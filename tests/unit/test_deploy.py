@@ -155,3 +155,10 @@ def test_gpu_check_script_is_there() -> None:
     script = (ROOT / "scripts" / "gpu-check.sh").read_text()
     assert "LOSSD_TEST_DEVICE=cuda" in script
     assert "gpu_timings.py" in script
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Configuration") : text.index("## Limits")]
+    documented = {_env_name(key) for key in re.findall(r"^\| `(LOSSD_\w+)` \|", table, flags=re.MULTILINE)}
+    assert documented == SETTINGS, (SETTINGS - documented, documented - SETTINGS)
