@@ -397,7 +397,10 @@ def _serve(conn: Connection, device_name: str, torch_threads: int) -> None:
             except Exception as exc:  # a bug: reported as a failed computation, the worker lives on
                 log.exception("worker computation failed")
                 reply = ("error", ResourceExhausted(f"the computation failed in its worker process: {exc}"))
-            conn.send(reply)
+            try:
+                conn.send(reply)
+            except OSError:  # the server is gone (it stopped, or gave up on this request)
+                return
 
 
 def _compute(

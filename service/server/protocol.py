@@ -2,7 +2,8 @@
 
 Every byte a client sends passes through `LossdHttpProtocol` before any request reaches the app, so rules
 that are about connections rather than requests live here (and only here): which upgrades are honoured,
-and, later, limits such as the size of a request head or how long a client may take to send it.
+how many connections a worker holds, how large a request head may be, and how long a client may take to
+send a request or keep an idle connection. `protocol_for(settings)` is the class with the settings' limits.
 
 Upgrade offers. A client may offer to switch protocols with `Connection: Upgrade` and `Upgrade: <protocol>`.
 curl's `--http2` and Java's `java.net.http.HttpClient` (with its default settings) offer `Upgrade: h2c`
@@ -15,25 +16,185 @@ request head is held back from the app, rebuilt without the upgrade headers, and
 bytes after it, by a fresh parser: the app sees one ordinary request with its body, and keep-alive and
 pipelined requests that follow on the connection work as usual. A WebSocket upgrade still goes to uvicorn's
 WebSocket protocol when a WebSocket library is installed (lossd has no WebSocket route).
+
+Limits (each a `LOSSD_*` setting; the refusals are RFC 9457 problem documents, sent with `connection: close`):
+
+- `max_connections`: open connections per worker process (uvicorn's `server_state.connections`, so every
+  connection of this server counts). A connection beyond it is answered `503` (`Retry-After: 1`) at once,
+  without reading anything, and closed.
+- `max_header_bytes`: the request line and headers together, counted as the bytes arrive, before llhttp or
+  httptools buffer them: beyond it, `431` and the connection is closed, nothing more read. Also bounds a
+  chunked body's trailer section. The count is exact except for the head of a pipelined request that
+  begins in the same read as the end of the request before it: that read's share is not counted (at most
+  one read, 256 kB with uvloop).
+- `read_timeout_s`: a request's head and body must have arrived within this many seconds of its first byte,
+  else `408` (or, when its response has already begun, the connection is just closed). Time during which
+  the server itself holds the request back (reading paused while the app has not taken the body, a
+  `100-continue` not yet sent, an earlier pipelined request still being answered) does not count: the clock
+  starts again. A request whose body has arrived is never timed here (the app's own timeout covers it).
+- `keep_alive_s`: a connection with no request in progress and no response pending is closed after this many
+  idle seconds, both between requests and after it is opened: a connection that never sends a byte is
+  closed after `keep_alive_s` (not `read_timeout_s`), like an idle keep-alive connection.
+
+The deadlines cost no timer per request: each connection has one timer, which, when it fires, compares the
+connection's phase and the time that phase began (two attributes that the parser callbacks set) with the
+deadline that applies, then closes the connection or sets itself for that deadline, or for the shorter
+of the two limits from now if that is sooner (the phase may change meanwhile). A busy keep-alive
+connection's timer fires about once every `min(keep_alive_s, read_timeout_s)`. uvicorn's own keep-alive
+timer (armed and cancelled around every request) is not used.
 """
 
 from __future__ import annotations
 
+import asyncio
+import http
+import json
+import math
+from typing import Any, ClassVar
+
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from service.config import Settings
 
 DECLINED_UPGRADE_HEADERS = frozenset({b"upgrade", b"http2-settings"})
 """Headers (and `Connection` tokens) that only make sense if the upgrade is accepted: left out of the replay."""
 
+IDLE, HEAD, BODY, CLOSED = 0, 1, 2, 3
+"""A connection's phases, as its parser sees them: no request in progress (waiting for one, or all of the
+latest one has arrived); a request head arriving; a request body arriving; closed or handed over, so that
+nothing it receives is read any more."""
+
+_SLACK_S = 0.001
+"""A deadline within this of the loop's clock (which has millisecond resolution under uvloop) has passed."""
+
+
+def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> bytes:
+    """A complete response after the status line and the server's default headers: an RFC 9457 document
+    shaped like `service.api.errors.problem_body`'s, and `connection: close`."""
+    body = {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail} | extra
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    retry = b"retry-after: 1\r\n" if status == http.HTTPStatus.SERVICE_UNAVAILABLE else b""
+    return b"".join(
+        [
+            b"content-type: application/problem+json\r\n",
+            b"content-length: %d\r\n" % len(payload),
+            retry,
+            b"connection: close\r\n\r\n",
+            payload,
+        ]
+    )
+
+
+def _field_default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
 
 class LossdHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, answering a request that offers an upgrade lossd declines over HTTP/1.1."""
+    """uvicorn's httptools protocol, answering a request that offers an upgrade lossd declines over HTTP/1.1,
+    and bounding each connection's count, head size and read and idle time (`protocol_for` sets the limits;
+    this class has the settings' defaults)."""
+
+    max_connections: ClassVar[int] = _field_default("max_connections")
+    read_timeout_s: ClassVar[float] = _field_default("read_timeout_s")
+    keep_alive_s: ClassVar[float] = _field_default("keep_alive_s")
+    max_header_bytes: ClassVar[int] = _field_default("max_header_bytes")
 
     _declined_head: bytes | None = None
     """The head of the current request, rebuilt without its upgrade offer, while that offer is declined."""
 
-    def data_received(self, data: bytes) -> None:
-        self._unset_keepalive_if_required()
+    _phase: int = IDLE
+    _since: float = 0.0
+    """When the phase began: the first byte of the request arriving, or when the connection fell idle."""
+    _head_left: int = 0
+    """Bytes the request head arriving (or the next one) may still take; in a body, what its trailers may."""
+    _heads: int = 0
+    """Request heads parsed on this connection (tells whether a read finished one)."""
+    _chunk_open: bool = False
+    """Between a chunk's header and the chunk's end: its data, or after the last chunk, the trailers."""
+    _body_seen: bool = False
+    """Body data arrived in the read being parsed (for chunked bodies)."""
+    _timer: asyncio.TimerHandle | None = None
+
+    # Connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            self.transport = transport
+            self._phase = CLOSED
+            self.logger.debug("Connection refused: %d connections open.", len(self.connections))
+            detail = (
+                f"this server process holds its limit of {self.max_connections} connections "
+                "(LOSSD_MAX_CONNECTIONS); retry shortly"
+            )
+            errors = [{"loc": ["server"], "msg": detail}]
+            self._write_and_close(503, _problem(503, "overloaded", "Server overloaded", detail, errors=errors))
+            return
+        super().connection_made(transport)
+        self._head_left = self.max_header_bytes
+        self._since = now = self.loop.time()
+        self._timer = self.loop.call_at(now + self._period(), self._check_deadline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop()
+        super().connection_lost(exc)
+
+    def _stop(self) -> None:
+        """Read nothing more and time nothing more (closing, or handed to another protocol)."""
+        self._phase = CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # Reading
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        phase = self._phase
+        if phase == BODY:
+            if self._chunk_open:
+                self._feed_chunked(data)
+            else:
+                self._feed(data)
+        elif phase == CLOSED:
+            return
+        elif len(data) <= self._head_left:  # a request head (or the start of one), within its budget
+            heads = self._heads
+            self._feed(data)
+            if self._heads == heads and self._phase == HEAD:  # the same head, still arriving: all of it counts
+                self._head_left -= len(data)
+        else:
+            self._feed_head_over_budget(data)
+
+    def _feed_head_over_budget(self, data: bytes | memoryview) -> None:
+        """Feed a head's remaining budget at a time; a head that does not end within it gets 431, and nothing
+        more is read."""
+        view = memoryview(data)
+        while len(view) > self._head_left and self._phase in (IDLE, HEAD):
+            left, heads = self._head_left, self._heads
+            self._feed(view[:left])  # httptools reads any buffer
+            if self._phase == CLOSED:
+                return
+            if self._heads == heads:
+                self._refuse_head()
+                return
+            view = view[left:]
+        if view:
+            self.data_received(view)  # a body, or a head within its budget
+
+    def _feed_chunked(self, data: bytes | memoryview) -> None:
+        """A read inside a chunk or after the last one: bytes that bring no body data are trailer fields (or
+        chunk extensions), which httptools buffers like headers, so they count against `max_header_bytes`."""
+        self._body_seen = False
+        self._feed(data)
+        if self._phase == BODY and self._chunk_open and not self._body_seen:
+            self._head_left -= len(data)
+            if self._head_left < 0:
+                self._refuse_head()
+        else:
+            self._head_left = self.max_header_bytes
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        """Parse `data`, declining upgrade offers (see the module's docstring)."""
         replayed = -1  # length of the head replayed last, in `data`
         while True:
             try:
@@ -44,6 +205,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
                 head, stop = self._declined_head, upgrade.args[0]
                 if head is None:  # a WebSocket upgrade (or a CONNECT): uvicorn's own handling
                     if self._should_upgrade():
+                        self._stop()  # the WebSocket protocol takes the connection over
                         self.handle_websocket_upgrade()
                     else:
                         self._unsupported_upgrade_warning()
@@ -57,7 +219,17 @@ class LossdHttpProtocol(HttpToolsProtocol):
                     continue
             return
 
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._phase = HEAD
+        self._since = self.loop.time()
+
     def on_headers_complete(self) -> None:
+        self._phase = BODY
+        self._heads += 1
+        self._head_left = self.max_header_bytes  # the next head's budget (and this body's trailers')
         parser = self.parser
         if parser.should_upgrade():
             method = parser.get_method()
@@ -67,13 +239,142 @@ class LossdHttpProtocol(HttpToolsProtocol):
                 return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        self._body_seen = True  # also when uvicorn drops it (the response is complete): not trailers
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._chunk_open = True
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_open = False
+
     def on_message_complete(self) -> None:
+        self._phase = IDLE
         if self._declined_head is not None:
             return  # the request's replay will complete it
         super().on_message_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete:  # answered before its body had all arrived: idle from now
+            self._since = self.loop.time()
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, without its keep-alive timer: `_check_deadline` closes idle connections
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            if self._phase == BODY and not self.pipeline:  # its body, held back until now, may be read
+                self._since = self.loop.time()
+        elif self._phase == IDLE:
+            self._since = self.loop.time()
+
+    # Deadlines
+
+    def _check_deadline(self) -> None:
+        """The connection's timer: close the connection if its phase has outlived its deadline, else fire again
+        at that deadline or after `_period()`, whichever is first: the phase may change meanwhile (without
+        telling the timer), and the next phase's deadline is at least `_period()` after it begins, so the
+        timer always fires again before it, and from then on at it."""
+        self._timer = None
+        phase = self._phase
+        if phase == CLOSED or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        cycle = self.cycle
+        pending = bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
+        if phase == IDLE:
+            if pending:  # the server is answering: nothing of the client's to time
+                due = math.inf
+            else:
+                due = self._since + self.keep_alive_s
+                if due <= now + _SLACK_S:
+                    self.logger.debug("Idle connection closed after %s s.", self.keep_alive_s)
+                    self._stop()
+                    self.transport.close()
+                    return
+        elif (
+            self.flow.read_paused
+            or (pending and (phase == HEAD or self.pipeline))
+            or (phase == BODY and cycle is not None and cycle.waiting_for_100_continue)
+        ):  # the server holds this request back: its clock starts again
+            self._since = now
+            due = math.inf
+        else:
+            due = self._since + self.read_timeout_s
+            if due <= now + _SLACK_S:
+                self._read_timed_out()
+                return
+        self._timer = self.loop.call_at(min(due, now + self._period()), self._check_deadline)
+
+    def _period(self) -> float:
+        """The longest the timer waits: the shortest deadline of a phase."""
+        return min(self.keep_alive_s, self.read_timeout_s)
+
+    def _read_timed_out(self) -> None:
+        """408, and close: the request (head or body) has not all arrived within `read_timeout_s`."""
+        cycle = self.cycle if self._phase == BODY else None
+        self.logger.debug("Request not received within %s s: connection closed.", self.read_timeout_s)
+        if cycle is not None and cycle.response_started:
+            self._stop()
+            self.transport.close()  # the app has begun answering: it can only be cut short
+            return
+        if cycle is not None:
+            cycle.disconnected = True  # the app, waiting for the body, sees the client gone; its answer is dropped
+            cycle.message_event.set()
+        part = "body" if self._phase == BODY else "header"
+        limit = f"{self.read_timeout_s:g} s"
+        detail = f"the request was not received within {limit} of its first byte (LOSSD_READ_TIMEOUT_S)"
+        body = _problem(408, "request-timeout", "Request timeout", detail, errors=[{"loc": [part], "msg": detail}])
+        self._write_and_close(408, body)
+
+    # Refusals
+
+    def _refuse_head(self) -> None:
+        """431, reading nothing more: the request head (or a body's trailers) outgrew `max_header_bytes`."""
+        self.logger.debug("Request head larger than %d bytes: connection closed.", self.max_header_bytes)
+        cycle = self.cycle
+        if self._phase == BODY and self.pipeline:  # a queued request's trailers: nothing can be answered in turn
+            self._stop()
+            self.transport.close()
+            return
+        if self._phase == HEAD and cycle is not None and (self.pipeline or not cycle.response_complete):
+            # an earlier request is still being answered: let its answer finish, then close
+            self._stop()
+            cycle.keep_alive = False
+            self.transport.pause_reading()
+            return
+        if self._phase == BODY and cycle is not None:
+            if cycle.response_started:
+                self._stop()
+                self.transport.close()
+                return
+            cycle.disconnected = True
+            cycle.message_event.set()
+        detail = (
+            f"the request line and headers (or trailers) exceed the limit of {self.max_header_bytes} bytes "
+            "(LOSSD_MAX_HEADER_BYTES)"
+        )
+        errors = [{"loc": ["header"], "msg": detail}]
+        body = _problem(431, "headers-too-large", "Request header fields too large", detail, errors=errors)
+        self._write_and_close(431, body)
+
+    def _write_and_close(self, status: int, rest: bytes) -> None:
+        """Write a complete response that closes the connection (`rest` from `_problem`), and close it."""
+        self._stop()
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content += [name, b": ", value, b"\r\n"]
+        content.append(rest)
+        self.transport.write(b"".join(content))
+        self.transport.close()
 
     def _bad_request(self, msg: str) -> None:
         self.logger.warning(msg)
+        self._stop()
         self.send_400_response(msg)
 
     def _new_parser(self) -> httptools.HttpRequestParser:
@@ -96,3 +397,16 @@ class LossdHttpProtocol(HttpToolsProtocol):
             out += [name, b": ", value, b"\r\n"]
         out.append(b"\r\n")
         return b"".join(out)
+
+
+def protocol_for(settings: Settings) -> type[LossdHttpProtocol]:
+    """`LossdHttpProtocol` with the connection limits of `settings` (uvicorn's `http` option)."""
+
+    class Configured(LossdHttpProtocol):
+        max_connections = settings.max_connections
+        read_timeout_s = settings.read_timeout_s
+        keep_alive_s = settings.keep_alive_s
+        max_header_bytes = settings.max_header_bytes
+
+    Configured.__name__ = Configured.__qualname__ = LossdHttpProtocol.__name__
+    return Configured

@@ -11,7 +11,9 @@ fresh for each start and removed at exit, so every `/metrics` scrape, whichever 
 all the workers (see `service.api.metrics`).
 
 Each worker runs the same uvicorn server as a single process does (`service.server.uvicorn_options`:
-uvloop, `LossdHttpProtocol`, the drain timeout) with the app that `create_app` builds after the fork.
+uvloop, `LossdHttpProtocol` with the settings' connection limits, the drain timeout) with the app that
+`create_app` builds after the fork. `LOSSD_MAX_CONNECTIONS` is per worker: the server accepts up to
+`workers * max_connections` connections in all.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 
 from service.config import Settings
-from service.server import KEEP_ALIVE_S, uvicorn_options
+from service.server import uvicorn_options
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """Where prometheus_client's multiprocess mode keeps its files, read when prometheus_client is imported
@@ -84,7 +86,7 @@ def gunicorn_options(settings: Settings, metrics_dir: str) -> dict[str, Any]:
         "worker_class": LossdWorker,
         "graceful_timeout": settings.drain_timeout_s,
         "timeout": math.ceil(max(settings.request_timeout_s, settings.drain_timeout_s)) + HEARTBEAT_MARGIN_S,
-        "keepalive": KEEP_ALIVE_S,
+        "keepalive": math.ceil(settings.keep_alive_s),  # whole seconds; the workers' protocol uses the setting
         "accesslog": None,  # lossd writes one JSON line per request itself
         "loglevel": "debug" if settings.log_level == "trace" else settings.log_level,
         "proc_name": "lossd",

@@ -84,12 +84,11 @@ def test_a_timeout_stops_the_work_and_frees_its_slot(short_timeout: tuple[str, i
     url, pid = short_timeout
     for _wave in range(2):
         answers: list[httpx.Response] = []
-        posts = [
-            threading.Thread(
-                target=lambda: answers.append(httpx.post(f"{url}/v1/losses/mse", json=BROADCAST, timeout=60))
-            )
-            for _ in range(2)
-        ]
+
+        def post(into: list[httpx.Response] = answers) -> None:
+            into.append(httpx.post(f"{url}/v1/losses/mse", json=BROADCAST, timeout=60))
+
+        posts = [threading.Thread(target=post) for _ in range(2)]
         for post in posts:
             post.start()
         for post in posts:
@@ -100,7 +99,8 @@ def test_a_timeout_stops_the_work_and_frees_its_slot(short_timeout: tuple[str, i
     before = _tree_cpu_seconds(pid)
     time.sleep(1.0)
     used = _tree_cpu_seconds(pid) - before
-    assert used < 0.3, f"{used:.2f} s of CPU used in the second after the timeouts: the work did not stop"
+    # a computation left running would use about a second of CPU in that second (two, with two of them)
+    assert used < 0.5, f"{used:.2f} s of CPU used in the second after the timeouts: the work did not stop"
     assert _metric(url, "lossd_requests_computing") == 0
     _still_correct(url)
 
@@ -152,7 +152,7 @@ def test_hang_ups_count_as_499(short_timeout: tuple[str, int]) -> None:
     for path in (b"/v1/losses/mse", b"/v1/evaluate", b"/v2/models/mse/infer"):
         with socket.create_connection((host, int(port))) as s:
             s.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
-            s.sendall(b"Content-Length: 1000\r\n\r\n{\"input\": [1.0")
+            s.sendall(b'Content-Length: 1000\r\n\r\n{"input": [1.0')
             time.sleep(0.2)
     time.sleep(0.3)
     assert _metric(url, "lossd_requests_total", route="/v1/losses/{name}", status="499") == before + 1

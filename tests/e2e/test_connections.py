@@ -1,0 +1,399 @@
+"""Connection-level limits against the real service over raw sockets: each attack, on a small scale, is cut off
+(503 beyond `LOSSD_MAX_CONNECTIONS`, 408 after `LOSSD_READ_TIMEOUT_S`, 431 beyond `LOSSD_MAX_HEADER_BYTES`,
+idle connections closed after `LOSSD_KEEP_ALIVE_S`), and a normal request is then answered exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import resource
+import select
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import torch
+import torch.nn.functional as F
+import uvicorn
+
+from service.config import Settings
+from service.server import uvicorn_options
+from tests.e2e.conftest import ROOT, free_port, start_server, stop_server
+
+MAX_CONNECTIONS = 20
+READ_TIMEOUT_S = 1.0
+KEEP_ALIVE_S = 1.0
+MAX_HEADER_BYTES = 8192
+LIMITS = {
+    "LOSSD_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+    "LOSSD_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
+    "LOSSD_KEEP_ALIVE_S": str(KEEP_ALIVE_S),
+    "LOSSD_MAX_HEADER_BYTES": str(MAX_HEADER_BYTES),
+}
+PROMPT_S = 5.0
+"""Generous bound for what should take milliseconds (the test machine is small and busy)."""
+
+MSE = {"input": [1.0, 2.0], "target": [1.5, 2.5]}
+MSE_BODY = json.dumps(MSE).encode()
+HEAD_START = b"POST /v1/losses/mse HTTP/1.1\r\nHost: lossd\r\n"
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[tuple[str, int]]:
+    """The service with small connection limits: (host, port)."""
+    url, proc = start_server(**LIMITS)
+    try:
+        split = urlsplit(url)
+        assert split.hostname is not None
+        assert split.port is not None
+        yield split.hostname, split.port
+    finally:
+        stop_server(proc)
+
+
+def _mse_request(extra_headers: bytes = b"") -> bytes:
+    return (
+        HEAD_START + extra_headers + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(MSE_BODY)
+        + MSE_BODY
+    )  # fmt: skip
+
+
+def _assert_mse(answer: dict[str, Any]) -> None:
+    expected = F.mse_loss(torch.tensor(MSE["input"]), torch.tensor(MSE["target"]))
+    assert answer["loss"] == expected.item(), (answer, expected)  # exactly torch's value
+
+
+def _normal_request_works(address: tuple[str, int]) -> None:
+    host, port = address
+    response = httpx.post(f"http://{host}:{port}/v1/losses/mse", json=MSE, timeout=30)
+    assert response.status_code == 200, response.text
+    _assert_mse(response.json())
+
+
+def _parse_response(buffer: bytes) -> tuple[int, dict[bytes, bytes], bytes, bytes] | None:
+    """The first response in `buffer` (status, headers with lower-case names, body, the bytes after it), or
+    None while it is incomplete."""
+    head, found, rest = buffer.partition(b"\r\n\r\n")
+    if not found:
+        return None
+    status_line, *lines = head.split(b"\r\n")
+    headers = {name.lower(): value for name, _, value in (line.partition(b": ") for line in lines)}
+    length = int(headers[b"content-length"])
+    if len(rest) < length:
+        return None
+    return int(status_line.split(b" ")[1]), headers, rest[:length], rest[length:]
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes, bytes]:
+    """One response off `sock` (see `_parse_response`)."""
+    buffer = b""
+    while (response := _parse_response(buffer)) is None:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before a whole response: {buffer!r}"
+        buffer += chunk
+    return response
+
+
+def _closed(sock: socket.socket, timeout: float = PROMPT_S) -> bool:
+    """Whether the server closes `sock` (end of stream or reset) within `timeout`, sending nothing more."""
+    sock.settimeout(timeout)
+    try:
+        rest = sock.recv(65536)
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    assert rest == b"", rest
+    return True
+
+
+def _assert_problem(status: int, headers: dict[bytes, bytes], body: bytes, expected: int, slug: str) -> None:
+    assert status == expected, body
+    assert headers[b"content-type"] == b"application/problem+json"
+    assert headers[b"connection"] == b"close"
+    problem = json.loads(body)
+    assert (problem["type"], problem["status"]) == (f"/problems/{slug}", expected), problem
+    assert problem["title"]
+    assert problem["detail"]
+
+
+def _trickle(sock: socket.socket, data: bytes, every_s: float = 0.1) -> float:
+    """Send `data` a byte at a time, one every `every_s`, until the server answers (or hangs up): the
+    seconds from the first byte to the answer. The whole of `data` takes longer than the read deadline."""
+    assert len(data) * every_s > 3
+    start = time.monotonic()
+    for i in range(len(data)):
+        sock.sendall(data[i : i + 1])
+        readable, _, _ = select.select([sock], [], [], every_s)
+        if readable:
+            return time.monotonic() - start
+    pytest.fail("the server waited for the whole slow request")
+
+
+def test_connections_beyond_the_limit_are_refused(limited: tuple[str, int]) -> None:
+    """Twice the limit of silent connections: the extra ones get a 503 and are closed at once; the others are
+    closed by the server after `LOSSD_KEEP_ALIVE_S` (they never sent a byte); then requests are served."""
+    time.sleep(0.1)  # connections of earlier tests, closed on the client's side, are gone on the server's
+    start = time.monotonic()
+    socks = [socket.create_connection(limited, timeout=PROMPT_S) for _ in range(2 * MAX_CONNECTIONS)]
+    received: dict[socket.socket, bytes] = dict.fromkeys(socks, b"")
+    closed_after: dict[socket.socket, float] = {}
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        while len(closed_after) < len(socks) and time.monotonic() - start < 3 * PROMPT_S:
+            for key, _ in selector.select(timeout=0.5):
+                sock = key.fileobj  # type: ignore[assignment]
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                received[sock] += chunk
+                if not chunk:
+                    closed_after[sock] = time.monotonic() - start
+                    selector.unregister(sock)
+    try:
+        assert len(closed_after) == len(socks), "some connections were never closed by the server"
+        refused = [sock for sock in socks if received[sock]]
+        silent = [sock for sock in socks if not received[sock]]
+        assert len(refused) >= MAX_CONNECTIONS
+        assert MAX_CONNECTIONS - 2 <= len(silent) <= MAX_CONNECTIONS  # held up to the limit (an earlier test's
+        # connection may not have been seen closed yet)
+        for sock in refused:
+            assert closed_after[sock] < PROMPT_S
+            response = _parse_response(received[sock])
+            assert response is not None, received[sock]
+            status, headers, body, rest = response
+            assert rest == b""
+            _assert_problem(status, headers, body, 503, "overloaded")
+            assert headers[b"retry-after"] == b"1"
+        for sock in silent:  # never sent a byte: closed as an idle connection is
+            assert KEEP_ALIVE_S * 0.8 <= closed_after[sock] < KEEP_ALIVE_S + PROMPT_S
+    finally:
+        for sock in socks:
+            sock.close()
+    host, port = limited
+    assert httpx.get(f"http://{host}:{port}/healthz", timeout=PROMPT_S).status_code == 200
+    _normal_request_works(limited)
+
+
+def test_slow_head_gets_408(limited: tuple[str, int]) -> None:
+    """Slowloris: a request head sent a byte at a time is cut off `LOSSD_READ_TIMEOUT_S` after its first byte."""
+    with socket.create_connection(limited, timeout=PROMPT_S) as sock:
+        elapsed = _trickle(sock, _mse_request(b"X-Slow: " + b"s" * 40 + b"\r\n"))
+        status, headers, body, rest = _read_response(sock)
+        _assert_problem(status, headers, body, 408, "request-timeout")
+        assert rest == b""
+        assert _closed(sock)
+    assert READ_TIMEOUT_S * 0.8 <= elapsed < READ_TIMEOUT_S + PROMPT_S
+    _normal_request_works(limited)
+
+
+def test_slow_body_gets_408(limited: tuple[str, int]) -> None:
+    """A body sent slower than the deadline (less than its Content-Length, then a byte at a time): 408."""
+    with socket.create_connection(limited, timeout=PROMPT_S) as sock:
+        request = _mse_request()
+        head_end = request.index(b"\r\n\r\n") + 4
+        sock.sendall(request[: head_end + 5])
+        elapsed = _trickle(sock, request[head_end + 5 :] * 2)
+        status, headers, body, rest = _read_response(sock)
+        _assert_problem(status, headers, body, 408, "request-timeout")
+        assert rest == b""
+        assert _closed(sock)
+    assert READ_TIMEOUT_S * 0.8 <= elapsed < READ_TIMEOUT_S + PROMPT_S
+    _normal_request_works(limited)
+
+
+def _padded_request(head_bytes: int) -> bytes:
+    """The mse request with an `X-Pad` header that makes its head (request line to blank line) `head_bytes`."""
+    base = _mse_request(b"X-Pad: \r\n")
+    pad = head_bytes - (base.index(b"\r\n\r\n") + 4)
+    request = _mse_request(b"X-Pad: " + b"p" * pad + b"\r\n")
+    assert request.index(b"\r\n\r\n") + 4 == head_bytes
+    return request
+
+
+def test_huge_header_gets_431_at_once(limited: tuple[str, int]) -> None:
+    """A 1 MB header value: 431 before the server reads it (a 128 MB one used to take 18 s of CPU)."""
+    request = _mse_request(b"X-Huge: " + b"h" * 2**20 + b"\r\n")
+    with socket.create_connection(limited, timeout=PROMPT_S) as sock:
+        start = time.monotonic()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the server stopped reading: its
+            sock.sendall(request)  # answer is still there to read
+        status, headers, body, _ = _read_response(sock)
+        elapsed = time.monotonic() - start
+        _assert_problem(status, headers, body, 431, "headers-too-large")
+        assert _closed(sock)
+    assert elapsed < PROMPT_S
+    _normal_request_works(limited)
+
+
+def test_header_size_limit_is_exact(limited: tuple[str, int]) -> None:
+    """A head of exactly `LOSSD_MAX_HEADER_BYTES` is served; one byte more gets 431."""
+    with socket.create_connection(limited, timeout=PROMPT_S) as sock:
+        sock.sendall(_padded_request(MAX_HEADER_BYTES))
+        status, _, body, _ = _read_response(sock)
+        assert status == 200, body
+        _assert_mse(json.loads(body))
+    with socket.create_connection(limited, timeout=PROMPT_S) as sock:
+        sock.sendall(_padded_request(MAX_HEADER_BYTES + 1))
+        status, headers, body, _ = _read_response(sock)
+        _assert_problem(status, headers, body, 431, "headers-too-large")
+        assert _closed(sock)
+
+
+def test_pipelined_requests_longer_than_the_limit(limited: tuple[str, int]) -> None:
+    """Many requests in one write, together far longer than `LOSSD_MAX_HEADER_BYTES`: each head is within
+    it, so every one is answered."""
+    count = 4 * MAX_HEADER_BYTES // len(_mse_request())
+    with socket.create_connection(limited, timeout=PROMPT_S) as sock:
+        sock.sendall(_mse_request() * count)
+        buffer, answered = b"", 0
+        while answered < count:
+            response = _parse_response(buffer)
+            if response is None:
+                chunk = sock.recv(65536)
+                assert chunk, f"the connection closed after {answered} of {count} answers"
+                buffer += chunk
+                continue
+            status, _, body, buffer = response
+            assert status == 200, body
+            _assert_mse(json.loads(body))
+            answered += 1
+
+
+def _chunked_request(trailer: bytes) -> bytes:
+    body = b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(MSE_BODY), MSE_BODY, trailer)
+    return HEAD_START + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+
+
+def test_huge_trailer_gets_431(limited: tuple[str, int]) -> None:
+    """Trailer fields are headers too: a chunked body's 1 MB trailer gets 431; a small one is served."""
+    with socket.create_connection(limited, timeout=PROMPT_S) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(_chunked_request(b"X-Huge: " + b"h" * 2**20 + b"\r\n"))
+        status, headers, body, _ = _read_response(sock)
+        _assert_problem(status, headers, body, 431, "headers-too-large")
+        assert _closed(sock)
+    with socket.create_connection(limited, timeout=PROMPT_S) as sock:
+        sock.sendall(_chunked_request(b"X-Small: 1\r\n"))
+        status, _, body, _ = _read_response(sock)
+        assert status == 200, body
+        _assert_mse(json.loads(body))
+
+
+def test_idle_keep_alive_is_closed(limited: tuple[str, int]) -> None:
+    """A keep-alive connection is served while it is used, and closed after `LOSSD_KEEP_ALIVE_S` idle."""
+    with socket.create_connection(limited, timeout=PROMPT_S) as sock:
+        start = time.monotonic()
+        while time.monotonic() - start < 1.3 * KEEP_ALIVE_S:  # in use for longer than the idle limit
+            sock.sendall(_mse_request())
+            status, _, body, rest = _read_response(sock)
+            assert (status, rest) == (200, b""), body
+            _assert_mse(json.loads(body))
+            time.sleep(KEEP_ALIVE_S / 4)
+        idle_from = time.monotonic()
+        assert _closed(sock, KEEP_ALIVE_S + PROMPT_S)
+        assert time.monotonic() - idle_from >= KEEP_ALIVE_S * 0.6  # a quarter of it was idle already
+    _normal_request_works(limited)
+
+
+@contextlib.contextmanager
+def _in_process(settings: Settings, delay_s: float = 0.0) -> Iterator[tuple[str, int]]:
+    """A uvicorn server in a thread of this process, with lossd's options for `settings` and an app that reads
+    the body, waits `delay_s` and answers `ok`: (host, port). For what needs no torch, only other settings."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        while (await receive()).get("more_body"):
+            pass
+        await asyncio.sleep(delay_s)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", **uvicorn_options(settings))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive(), "the server exited during start-up"
+            assert time.monotonic() < deadline, "the server did not start in 30 s"
+            time.sleep(0.02)
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _ok(sock: socket.socket) -> None:
+    sock.sendall(_mse_request())
+    status, _, body, rest = _read_response(sock)
+    assert (status, body, rest) == (200, b"ok", b"")
+
+
+def test_read_deadline_spares_a_request_being_computed() -> None:
+    """A request whose body has all arrived is not timed by the read deadline, however long the app takes."""
+    settings = Settings(read_timeout_s=0.3, keep_alive_s=0.3, log_level="warning")
+    with _in_process(settings, delay_s=1.0) as address, socket.create_connection(address, timeout=PROMPT_S) as sock:
+        _ok(sock)
+
+
+def test_idle_deadline_is_kept_under_a_long_read_deadline() -> None:
+    """Idle connections close after `keep_alive_s` however long `read_timeout_s` is, also after a request that
+    took longer than `keep_alive_s` to arrive."""
+    settings = Settings(read_timeout_s=30, keep_alive_s=0.3, log_level="warning")
+    with _in_process(settings) as address, socket.create_connection(address, timeout=PROMPT_S) as sock:
+        request = _mse_request()
+        sock.sendall(request[:20])
+        time.sleep(0.5)
+        sock.sendall(request[20:])
+        status, _, body, _ = _read_response(sock)
+        assert (status, body) == (200, b"ok")
+        idle_from = time.monotonic()
+        assert _closed(sock, PROMPT_S)
+        assert 0.2 <= time.monotonic() - idle_from < PROMPT_S / 2
+
+
+def test_read_deadline_is_kept_under_a_long_idle_deadline() -> None:
+    """A slow head gets its 408 after `read_timeout_s` however long `keep_alive_s` is (a request before)."""
+    settings = Settings(read_timeout_s=0.3, keep_alive_s=30, log_level="warning")
+    with _in_process(settings) as address, socket.create_connection(address, timeout=PROMPT_S) as sock:
+        _ok(sock)
+        assert _trickle(sock, _mse_request(), every_s=0.05) < PROMPT_S / 2
+        status, headers, body, _ = _read_response(sock)
+        _assert_problem(status, headers, body, 408, "request-timeout")
+
+
+@pytest.mark.parametrize(("soft", "hard", "expected"), [(512, 4096, 856), (512, 700, 700), (2048, 4096, 2048)])
+def test_open_files_limit_fits_the_connections(soft: int, hard: int, expected: int) -> None:
+    """`serve` raises a low soft limit on open files to fit LOSSD_MAX_CONNECTIONS=600 (plus headroom), up to
+    the hard limit (with a warning short of it), and never lowers it."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < hard:
+        pytest.skip("this process's hard limit on open files is lower than the case needs")
+    code = (
+        "import resource; from service.config import Settings; from service.server import ensure_file_limit; "
+        "ensure_file_limit(Settings(max_connections=600)); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) == expected
+    assert ("LOSSD_MAX_CONNECTIONS=600" in run.stderr) == (expected < 856), run.stderr
