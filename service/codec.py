@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import binascii
 import gzip
+import json
 import math
 import zlib
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import numpy as np
@@ -26,7 +28,14 @@ import torch
 from torch import Tensor
 
 from service.compute import RawTensor
-from service.errors import InvalidTensor, Loc, MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from service.errors import (
+    InvalidRequest,
+    InvalidTensor,
+    Loc,
+    MalformedBody,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from service.limits import DEFAULTS, Limits
 from service.losses.registry import TensorKind
 
@@ -58,7 +67,7 @@ SIMD_MIN_BYTES = 1 << 12
 
 
 def loads(body: bytes) -> Any:
-    """Parse a request body as strict JSON (NaN/Infinity literals are not JSON).
+    """Parse a request body as strict JSON (NaN/Infinity literals are not JSON, nor are repeated keys).
 
     Large bodies take a fast path: simdjson parses them, and every array of plain numbers among the
     top-level values (and inside top-level objects) is copied into a numpy array without creating a
@@ -66,6 +75,10 @@ def loads(body: bytes) -> Any:
     count of '[' in the body proves: any nesting, or a '[' anywhere else, adds one. Otherwise, and
     for arrays holding anything but numbers, the body is read like a small one. Bodies made of a few
     long strings (base64 tensors) go to orjson directly: it reads strings faster.
+
+    An object that repeats a key is refused (`InvalidRequest`, naming the key and its object) whatever
+    the size of the body: parsers disagree on which value wins (orjson keeps the last, simdjson the
+    first), so a body must not depend on it. See `_check_keys` for how that costs next to nothing.
     """
     head = body[:4096]
     first = head.find(b"[")
@@ -73,11 +86,227 @@ def loads(body: bytes) -> Any:
     if len(body) >= SIMD_MIN_BYTES and head.count(b",") >= 64 and head[first + 1 : first + 2] != b"[":
         fast = _loads_flat_arrays(body)
         if fast is not None:
+            _check_keys(body, fast)
             return fast
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedBody(f"request body is not valid JSON: {exc}") from None
+    _check_keys(body, value)
+    return value
+
+
+def _check_keys(body: bytes, value: Any) -> None:
+    """Refuse a body some object of which repeats a key; `value` is the body as parsed.
+
+    Every key of the body is followed by exactly one ':' outside strings, so the body holds at least as
+    many ':' as keys, and the parsed objects at most as many keys as the body: a repeated key is dropped.
+    The two counts are equal only when no key repeats (and no string holds a ':'): then the body is
+    accepted at once. Counting skips arrays of numbers (tensors) without walking their elements; an
+    object it skips only makes the count smaller, which sends the body on to be looked at closer.
+    When strings hold ':', counting those too settles it, unless an escape (\\u003a) could write one.
+    Only what remains, repeated keys above all, is looked for exactly (`_repeated_key`).
+    """
+    try:
+        if _holds(body, b":", _object_keys(value if type(value) is dict else (value,))):
+            return
+    except RecursionError:  # objects nested deeper than Python recurses: the next count does not recurse
+        pass
+    if b"\\u003a" not in body and b"\\u003A" not in body and _holds(body, b":", _keys_and_colons(value)):
+        return
+    repeated = _repeated_key(body)
+    if repeated is not None:
+        *where, key = repeated
+        place = f"the object at {_dotted(('body', *where))}" if where else "the top-level object"
+        raise InvalidRequest(
+            f"the key {key!r} appears more than once in {place}; a JSON object must not repeat a key",
+            loc=repeated,
+        )
+
+
+def _object_keys(node: Any) -> int:
+    """How many keys the objects of a parsed object or array hold, except objects inside arrays whose
+    first element (or its first element...) is no object: tensors, whose numbers are never walked."""
+    count = 0
+    if type(node) is dict:
+        count = len(node)
+        node = node.values()
+    for value in node:
+        kind = type(value)
+        if kind is list:
+            if value:
+                first = value[0]
+                while type(first) is list and first:
+                    first = first[0]
+                if type(first) is dict:
+                    count += _object_keys(value)
+        elif kind is dict:
+            count += _object_keys(value)
+    return count
+
+
+def _keys_and_colons(value: Any) -> int:
+    """`_object_keys`, plus the ':' in the keys and strings of the objects counted (and of arrays walked),
+    without recursion."""
+    count = value.count(":") if type(value) is str else 0
+    stack: list[Any] = [value] if type(value) is dict or (type(value) is list and value) else []
+    while stack:
+        node = stack.pop()
+        items: Iterable[Any]
+        if type(node) is dict:
+            count += len(node) + sum(key.count(":") for key in node)
+            items = node.values()
+        else:  # a list, not empty
+            first = node[0]
+            while type(first) is list and first:
+                first = first[0]
+            if type(first) is not dict:
+                continue
+            items = node
+        for item in items:
+            kind = type(item)
+            if kind is str:
+                count += item.count(":")
+            elif kind is dict or (kind is list and item):
+                stack.append(item)
+    return count
+
+
+def _holds(body: bytes, char: bytes, count: int) -> bool:
+    """Whether `body` holds `char` exactly `count` times. `bytes.count` reads about 3 GB/s; when the body
+    holds more than a few hundred bytes per expected `char`, finding one after the other (memchr) crosses
+    tensors of millions of numbers between them at memory speed, about 20 GB/s."""
+    if len(body) <= 512 * (count + 1):
+        return body.count(char) == count
+    find = body.find
+    at = -1
+    for _ in range(count):
+        at = find(char, at + 1)
+        if at < 0:
+            return False
+    return find(char, at + 1) < 0
+
+
+_Where = tuple[Any, str | int] | None
+"""A place in a document as a link to its parent's place, then its key or index (None: the document)."""
+
+
+def _loc(where: _Where) -> Loc:
+    path: list[str | int] = []
+    while where is not None:
+        where, key = where
+        path.append(key)
+    return tuple(reversed(path))
+
+
+def _repeated_key(body: bytes) -> Loc | None:
+    """The path to the first repeated key of a valid JSON body (its object's path, then the key), or None.
+
+    Two exact ways, each linear in the body: simdjson costs a few µs an object but skips arrays of numbers
+    in C, the standard library under one an object but about a µs a number. A body with few objects for
+    its size (tensors) takes the first, one with many objects the second, and either the other when it
+    cannot read the body (numbers past 64 bits or wide objects for simdjson, nesting deeper than Python
+    recurses for the standard library).
+    """
+    looks = (_repeated_key_simdjson, _repeated_key_json)
+    for look in looks if body.count(b"{") * 256 <= len(body) else reversed(looks):
+        try:
+            return look(body)
+        except _Unreadable:
+            continue
+    raise MalformedBody("the request body nests too deeply to be read whole")
+
+
+class _Unreadable(Exception):
+    """One way of looking for repeated keys cannot read this body."""
+
+
+_SIMDJSON_KEYS = 256
+"""simdjson finds a field by reading the object's keys in turn: objects with more keys go to `_repeated_key_json`."""
+
+
+def _repeated_key_simdjson(body: bytes) -> Loc | None:
+    """`_repeated_key` with simdjson, which lists every key of an object, repeats included. Only objects are
+    walked: an array that is the value of a key is skipped in C when its minified text holds no '{' (arrays
+    of numbers); the elements of one that does are walked, arrays among them too (not minified again)."""
+    try:
+        root = simdjson.Parser().parse(body)
+    except (ValueError, RuntimeError):  # numbers past 64 bits, which orjson reads and simdjson does not
+        raise _Unreadable from None
+    containers = (simdjson.Object, simdjson.Array)
+    # (value, where, whole): `where` links to its parent's, a loc is only built for the key to name
+    stack: list[tuple[Any, _Where, bool]] = [(root, None, True)] if isinstance(root, containers) else []
+    while stack:
+        node, where, whole = stack.pop()
+        children: list[tuple[Any, _Where, bool]]
+        if isinstance(node, simdjson.Object):
+            keys = list(node.keys())
+            if len(keys) > _SIMDJSON_KEYS:
+                raise _Unreadable
+            seen: set[str] = set()
+            for key in keys:
+                if key in seen:
+                    return _loc((where, key))
+                seen.add(key)
+            children = [(child, (where, key), True) for key in keys if isinstance(child := node[key], containers)]
+        elif whole and b"{" not in node.mini:
+            continue
+        else:
+            children = [(child, (where, i), False) for i, child in enumerate(node) if isinstance(child, containers)]
+        stack += reversed(children)
+    return None
+
+
+def _repeated_key_json(body: bytes) -> Loc | None:
+    """`_repeated_key` with the standard library, which hands each object's pairs to a hook, repeats included.
+    Once an object repeats a key, each object read after it looks for it among its values (and in the arrays
+    among them), to name the place from the inside out; the first that holds it is looked for in turn."""
+    path: list[str | int] = []  # inside out
+    holder: Any = None  # the object found last on the way out
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal holder
+        obj = dict(items)
+        if holder is None:
+            if len(obj) < len(items):
+                seen: set[str] = set()
+                for key, _ in items:
+                    if key in seen:
+                        path.append(key)
+                        holder = obj
+                        break
+                    seen.add(key)
+            return obj
+        for key, value in items:
+            inside = () if value is holder else _index_in(value, holder) if type(value) is list else None
+            if inside is not None:
+                path.extend((*reversed(inside), key))
+                holder = obj
+                break
+        return obj
+
+    try:
+        root = json.loads(body, object_pairs_hook=pairs)
+    except RecursionError:
+        raise _Unreadable from None
+    if holder is None:
+        return None
+    if holder is not root:  # the body is an array that holds it
+        path.extend(reversed(_index_in(root, holder) or ()))
+    return tuple(reversed(path))
+
+
+def _index_in(items: list[Any], target: Any) -> Loc | None:
+    """The indices that lead to `target` (by identity) through `items` and the arrays in it, or None."""
+    stack: list[tuple[list[Any], _Where]] = [(items, None)]
+    while stack:
+        array, where = stack.pop()
+        for i, item in enumerate(array):
+            if item is target:
+                return _loc((where, i))
+            if type(item) is list:
+                stack.append((item, (where, i)))
+    return None
 
 
 def _loads_flat_arrays(body: bytes) -> dict[str, Any] | None:
@@ -103,13 +332,7 @@ def _loads_flat_arrays(body: bytes) -> dict[str, Any] | None:
         out = {key: value(document[key]) for key in document.keys()}  # noqa: SIM118
     except (RecursionError, RuntimeError, ValueError):
         return None
-    return out if _brackets(body) == arrays and arrays else None
-
-
-def _brackets(body: bytes) -> int:
-    """How many '[' the body holds. `bytes.count` scans at about 3 GB/s here, a copy without them at about 25:
-    the copy for bodies up to 1 MiB, where it costs little memory."""
-    return len(body) - len(body.replace(b"[", b"")) if len(body) <= 1 << 20 else body.count(b"[")
+    return out if arrays and _holds(body, b"[", arrays) else None
 
 
 def _count_lists(value: Any) -> int:
@@ -456,8 +679,20 @@ def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, memoryv
 CONTENT_ENCODINGS = ("gzip", "deflate", "identity")
 
 
+_GZIP_MEMBERS = 64
+"""The most gzip members one body may hold. Each costs zlib a fresh state (about 4 µs): a bound keeps a
+body of millions of empty 20-byte members from costing seconds. Clients send one."""
+
+
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """A request body without its Content-Encoding (gzip, deflate), never inflated beyond `limit` bytes."""
+    """A request body without its Content-Encoding (gzip, deflate), never inflated beyond `limit` bytes.
+
+    The body must be whole compressed data and nothing else: a truncated stream, or any byte after its
+    end (zero padding included), is a malformed body. A gzip body may hold several members one after
+    another, as RFC 1952 (2.2) allows and `gzip.decompress` reads, up to `_GZIP_MEMBERS`: their contents
+    are joined, within `limit` together. A deflate body (HTTP's "deflate": one zlib stream, RFC 1950)
+    has no members to follow it.
+    """
     name = (encoding or "identity").strip().lower()
     if name == "identity":
         return body
@@ -465,16 +700,33 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise UnsupportedMediaType(
             f"unsupported content-encoding {encoding!r}; expected gzip, deflate or identity", loc=("content-encoding",)
         )
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if name == "gzip" else zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise MalformedBody(f"the {name} body cannot be decompressed: {exc}") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"the decompressed body exceeds the limit of {limit} bytes", limit=limit)
-    if not inflater.eof:
-        raise MalformedBody(f"the {name} body is truncated")
-    return out
+    wbits = 16 + zlib.MAX_WBITS if name == "gzip" else zlib.MAX_WBITS
+    view = memoryview(body)
+    parts: list[bytes] = []
+    size = at = 0
+    step = len(body)  # the first stream whole; later members in growing pieces, as zlib copies what is left over
+    for _ in range(_GZIP_MEMBERS):
+        inflater = zlib.decompressobj(wbits)
+        while not inflater.eof:
+            if at == len(body):
+                raise MalformedBody(f"the {name} body is truncated")
+            piece = view[at : at + step]
+            try:
+                out = inflater.decompress(piece, limit + 1 - size)  # never 0 (no limit): size <= limit here
+            except zlib.error as exc:
+                raise MalformedBody(f"the {name} body cannot be decompressed: {exc}") from None
+            size += len(out)
+            if size > limit:
+                raise PayloadTooLarge(f"the decompressed body exceeds the limit of {limit} bytes", limit=limit)
+            parts.append(out)
+            at += len(piece) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+            step *= 2
+        if at == len(body):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        if name != "gzip" or body[at : at + 2] != b"\x1f\x8b":
+            raise MalformedBody(f"the {name} body has {len(body) - at} bytes after the end of its compressed data")
+        step = 1 << 16
+    raise MalformedBody(f"the gzip body holds more than {_GZIP_MEMBERS} members, the most lossd reads")
 
 
 def compress(body: bytes | memoryview, accept_encoding: str | None) -> tuple[bytes | memoryview, str | None]:

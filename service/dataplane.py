@@ -203,11 +203,11 @@ class DataPlane:
         cost = spec.cost({name: tuple(t.shape) for name, t in tensors.items()}, request, len(grad_wrt))
         limits = self.limits
         limits.elements(cost.largest_name, cost.largest, cost.largest_loc)
-        itemsize = max((t.element_size() for t in tensors.values()), default=4)
-        work = cost.elements * itemsize
+        # the models count index tensors twice over; half precision still computes in float32 on some kernels
+        float_size = max((t.element_size() for t in tensors.values() if t.is_floating_point()), default=4)
+        work = cost.elements * max(float_size, 4)
         if work > limits.max_work_bytes:
             limits.work(f"{spec.name} would build {cost.largest_name} and more", work, cost.largest_loc)
-        float_size = max((t.element_size() for t in tensors.values() if t.is_floating_point()), default=4)
         output = encoded_bytes(cost.output, output_encoding or request.output_encoding, float_size)
         limits.response(output)
         task = Task(spec, tensors, request, grad_wrt, pool.place if pool else None)

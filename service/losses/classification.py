@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -12,7 +13,21 @@ from torch import Tensor
 
 from service.errors import InvalidRequest, ShapeMismatch
 from service.losses import checks
-from service.losses.registry import REGISTRY, LossParams, TensorArg, TensorKind
+from service.losses.registry import (
+    REGISTRY,
+    Cost,
+    LossParams,
+    LossSpec,
+    Shapes,
+    TensorArg,
+    TensorKind,
+    broadcast_result,
+    elementwise,
+    grad_elements,
+    input_elements,
+    loss_elements,
+    peak_elements,
+)
 
 LOGITS = TensorArg(
     "input",
@@ -32,6 +47,13 @@ CLASS_INDICES = TensorArg(
 def num_classes(input: Tensor) -> int:
     """C, the size of the class dimension of logits of shape (C) or (N, C, ...)."""
     return int(input.shape[0] if input.ndim == 1 else input.shape[1])
+
+
+def class_sizes(shape: Sequence[int]) -> tuple[int, int]:
+    """(scores, samples) of logits of shape (C), (N, C) or (N, C, d1, ..., dK): all their elements, and the
+    elements without the class dimension (one loss each)."""
+    samples = math.prod(shape[:1]) * math.prod(shape[2:]) if len(shape) > 1 else 1
+    return math.prod(shape), samples
 
 
 def check_class_indices(t: Mapping[str, Tensor], ignore_index: int | None) -> None:
@@ -61,6 +83,20 @@ def check_cross_entropy(t: Mapping[str, Tensor], p: CrossEntropyParams) -> Seque
     return []
 
 
+def cross_entropy_cost(spec: LossSpec, shapes: Shapes, p: CrossEntropyParams, grads: int) -> Cost:
+    """log_softmax's copy of the logits (and, with label smoothing or class probabilities, the products with
+    them) and a few tensors per sample. Measured, in logits-sized tensors: class indices 2 without gradients,
+    3 with one (the gradient included); class probabilities 4 and 5 (two gradients)."""
+    shape = tuple(shapes["input"])
+    scores, samples = class_sizes(shape)
+    probabilities = tuple(shapes.get("target", ())) == shape
+    value = (5 if probabilities else 3) * scores + 4 * samples
+    backward = (4 if probabilities else 3) * scores + grads * scores + 4 * samples
+    loss = loss_elements(p, samples)
+    elements = peak_elements(input_elements(spec, shapes), value, backward, grads, loss)
+    return Cost(elements, loss + grad_elements(spec, shapes, grads), scores, "input (its log_softmax)", ("input",))
+
+
 @REGISTRY.loss(
     "cross_entropy",
     tensors=(
@@ -79,6 +115,7 @@ def check_cross_entropy(t: Mapping[str, Tensor], p: CrossEntropyParams) -> Seque
     check=check_cross_entropy,
     torch_ref="torch.nn.functional.cross_entropy",
     aliases=("CrossEntropyLoss", "cross_entropy_loss"),
+    cost=cross_entropy_cost,
 )
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, p: CrossEntropyParams) -> Tensor:
     """Cross entropy between logits and class indices or class probabilities.
@@ -165,6 +202,51 @@ def _logits_shape(t: Mapping[str, Tensor]) -> tuple[int, ...]:
     return (*t["input"].shape[:-1], *t["linear_weight"].shape[:-1])
 
 
+def chunk_rows(options: ChunkingOptions, rows: int, features: int, classes: int) -> int:
+    """Rows per chunk of the chunked path, as torch 2.13's `LinearCrossEntropyOptions._adjust` picks them.
+    "auto" is taken as its pick for half precision on a CPU ("aspect_ratio"), the largest of its picks."""
+    method, size = options.chunking_method, options.batch_chunk_size
+    if method == "auto":
+        method = None if size is not None else "aspect_ratio"
+    chunk = rows if size is None else min(size, rows)
+    name, _, factor = (method or "").partition(":")
+    factor = factor or "1"
+    if name == "aspect_ratio" and factor.isdigit() and int(factor) > 0 and features > 0 and classes > 0:
+        target = -(-rows // -(-classes // features))  # ceil(rows / ceil(classes / features))
+        chunk = min((1 << (target - 1).bit_length()) // int(factor), rows)
+    return max(1, chunk)
+
+
+def linear_cross_entropy_cost(spec: LossSpec, shapes: Shapes, p: LinearCrossEntropyParams, grads: int) -> Cost:
+    """The logits input @ linear_weight.T, then cross_entropy's tensors on them (`cross_entropy_cost`) and,
+    with gradients, the logits' gradient. The chunked path (options, without label smoothing, class
+    probabilities or a K-dimensional weight, as torch takes it) holds two chunks of logits at most, and
+    with gradients the input's and weight's gradient buffers (twice, for the scratch some policies keep)."""
+    input, weight = tuple(shapes["input"]), tuple(shapes["linear_weight"])
+    rows = math.prod(input[:-1])
+    features = input[-1] if input else 0
+    classes = weight[0] if weight else 0
+    samples = rows * math.prod(weight[1:-1])
+    logits_shape = (*input[:-1], *weight[:-1])
+    logits = math.prod(logits_shape)
+    probabilities = tuple(shapes.get("target", ())) == logits_shape
+    loss = loss_elements(p, samples)
+    gradients = grad_elements(spec, shapes, grads)
+    if p.options is not None and p.label_smoothing == 0 and not probabilities and len(weight) <= 2:
+        chunk = chunk_rows(p.options, rows, features, classes)
+        block = chunk * classes
+        value = 2 * block + 4 * rows
+        backward = 2 * block + 2 * (rows * features + classes * features + classes) + 4 * rows
+        largest, name = block, f"a {chunk}x{classes} chunk of the logits input @ linear_weight.T"
+    else:
+        value = (6 if probabilities else 4) * logits + 4 * samples
+        backward = (6 if probabilities else 5) * logits + gradients + 4 * samples
+        largest, name = logits, "the logits input @ linear_weight.T"
+    elements = peak_elements(input_elements(spec, shapes), value, backward, grads, loss)
+    loc = ("linear_weight",) if classes >= rows else ("input",)
+    return Cost(elements, loss + gradients, largest, name, loc)
+
+
 def check_linear_cross_entropy(t: Mapping[str, Tensor], p: LinearCrossEntropyParams) -> Sequence[str]:
     """Input (H) or (N, H), linear_weight (C, ..., H), bias (C, ...), then cross_entropy's target rules."""
     input, linear_weight, target = t["input"], t["linear_weight"], t["target"]
@@ -216,6 +298,7 @@ def check_linear_cross_entropy(t: Mapping[str, Tensor], p: LinearCrossEntropyPar
     check=check_linear_cross_entropy,
     torch_ref="torch.nn.functional.linear_cross_entropy",
     aliases=("LinearCrossEntropyLoss",),
+    cost=linear_cross_entropy_cost,
 )
 def linear_cross_entropy(
     input: Tensor,
@@ -271,6 +354,7 @@ BINARY_WEIGHT = TensorArg(
     check=check_binary_cross_entropy,
     torch_ref="torch.nn.functional.binary_cross_entropy",
     aliases=("BCELoss", "bce", "binary_cross_entropy_loss"),
+    cost=elementwise(value=2, backward=3),  # measured 1 and 1
 )
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> Tensor:
     """Binary cross entropy between probabilities: -(t log x + (1 - t) log(1 - x)), log clamped at -100."""
@@ -294,6 +378,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, p
     check=check_binary,
     torch_ref="torch.nn.functional.binary_cross_entropy_with_logits",
     aliases=("BCEWithLogitsLoss", "bce_with_logits"),
+    cost=elementwise(value=4, backward=4),  # max_val, log_weight (pos_weight), the loss: 3 and 3 measured
 )
 def binary_cross_entropy_with_logits(
     input: Tensor, target: Tensor, weight: Tensor | None, pos_weight: Tensor | None, p: LossParams
@@ -313,6 +398,7 @@ def binary_cross_entropy_with_logits(
     check=checks.sign_target,
     torch_ref="torch.nn.functional.soft_margin_loss",
     aliases=("SoftMarginLoss",),
+    cost=elementwise(value=2, backward=4),  # backward: exp(-target * input), its quotient: 1 and 3 measured
 )
 def soft_margin(input: Tensor, target: Tensor, p: LossParams) -> Tensor:
     """Two-class logistic loss: log(1 + exp(-target * input))."""
@@ -329,6 +415,17 @@ def check_multilabel_margin(t: Mapping[str, Tensor], p: LossParams) -> Sequence[
     return []
 
 
+def multilabel_margin_cost(spec: LossSpec, shapes: Shapes, p: LossParams, grads: int) -> Cost:
+    """The check's masks over target (its int64 cumsum among them), then torch's is_target of input's size:
+    measured 4.25 input-sized tensors with or without the gradient."""
+    shape = tuple(shapes["input"])
+    scores, samples = math.prod(shape), shape[0] if len(shape) == 2 else 1  # (C) or (N, C)
+    loss = loss_elements(p, samples)
+    value = 5 * scores + 4 * samples
+    elements = peak_elements(input_elements(spec, shapes), value, value + grads * scores, grads, loss)
+    return Cost(elements, loss + grad_elements(spec, shapes, grads), scores, "input", ("input",))
+
+
 @REGISTRY.loss(
     "multilabel_margin",
     tensors=(
@@ -343,6 +440,7 @@ def check_multilabel_margin(t: Mapping[str, Tensor], p: LossParams) -> Sequence[
     check=check_multilabel_margin,
     torch_ref="torch.nn.functional.multilabel_margin_loss",
     aliases=("MultiLabelMarginLoss",),
+    cost=multilabel_margin_cost,
 )
 def multilabel_margin(input: Tensor, target: Tensor, p: LossParams) -> Tensor:
     """Multi-class multi-label hinge loss between scores and the set of target classes."""
@@ -357,6 +455,19 @@ def check_multilabel_soft_margin(t: Mapping[str, Tensor], p: LossParams) -> Sequ
     return []
 
 
+def multilabel_soft_margin_cost(spec: LossSpec, shapes: Shapes, p: LossParams, grads: int) -> Cost:
+    """Two logsigmoids, their products with target and 1 - target, the weight's product, the class mean:
+    measured 5 tensors of the broadcast size without gradients, 7 with one (the gradient included)."""
+    result, widest, name = broadcast_result(spec, shapes)
+    shape = tuple(shapes["input"])
+    samples = result // shape[-1] if len(shape) > 1 and shape[-1] else 1
+    loss = loss_elements(p, samples)
+    value = 6 * result + 4 * samples
+    backward = (7 + grads) * result + 4 * samples
+    elements = peak_elements(input_elements(spec, shapes), value, backward, grads, loss)
+    return Cost(elements, loss + grad_elements(spec, shapes, grads), result, name, (widest,))
+
+
 @REGISTRY.loss(
     "multilabel_soft_margin",
     tensors=(
@@ -367,6 +478,7 @@ def check_multilabel_soft_margin(t: Mapping[str, Tensor], p: LossParams) -> Sequ
     check=check_multilabel_soft_margin,
     torch_ref="torch.nn.functional.multilabel_soft_margin_loss",
     aliases=("MultiLabelSoftMarginLoss",),
+    cost=multilabel_soft_margin_cost,
 )
 def multilabel_soft_margin(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> Tensor:
     """Multi-label one-versus-all logistic loss, averaged over classes."""

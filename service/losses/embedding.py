@@ -12,7 +12,20 @@ from torch import Tensor
 
 from service.errors import ShapeMismatch
 from service.losses import checks
-from service.losses.registry import REGISTRY, LossParams, TensorArg
+from service.losses.registry import (
+    REGISTRY,
+    Cost,
+    LossParams,
+    LossSpec,
+    Shapes,
+    TensorArg,
+    broadcast_result,
+    elementwise,
+    grad_elements,
+    input_elements,
+    loss_elements,
+    peak_elements,
+)
 
 SIGNS = "values 1 or -1"
 
@@ -42,6 +55,7 @@ def check_margin_ranking(t: Mapping[str, Tensor], p: MarginRankingParams) -> Seq
     check=check_margin_ranking,
     torch_ref="torch.nn.functional.margin_ranking_loss",
     aliases=("MarginRankingLoss",),
+    cost=elementwise(value=5, backward=4),  # the arguments expanded to one shape, the loss: 4 and 2.25 measured
 )
 def margin_ranking(input1: Tensor, input2: Tensor, target: Tensor, p: MarginRankingParams) -> Tensor:
     """max(0, -target * (input1 - input2) + margin)."""
@@ -64,6 +78,7 @@ class HingeEmbeddingParams(LossParams):
     check=checks.sign_target,
     torch_ref="torch.nn.functional.hinge_embedding_loss",
     aliases=("HingeEmbeddingLoss",),
+    cost=elementwise(value=6, backward=7),  # zeros, margin - input, two where()s, their sum: 5 and 5.5 measured
 )
 def hinge_embedding(input: Tensor, target: Tensor, p: HingeEmbeddingParams) -> Tensor:
     """input where target is 1, max(0, margin - input) where target is -1."""
@@ -91,6 +106,34 @@ def check_cosine_embedding(t: Mapping[str, Tensor], p: CosineEmbeddingParams) ->
     return []
 
 
+def rows_cost(
+    spec: LossSpec, shapes: Shapes, p: LossParams, grads: int, *, value: int, backward: int, per_row: int
+) -> Cost:
+    """A loss over the last dimension of its first argument broadcast with the `TensorArg.broadcast` ones, one
+    loss per row: `value` tensors of the broadcast size and `per_row` per row held at once without
+    gradients; `backward` and one per gradient of the broadcast size, and `per_row` per row, with them."""
+    result, widest, name = broadcast_result(spec, shapes)
+    rowwise = [spec.tensors[0], *(arg for arg in spec.tensors if arg.broadcast)]
+    width = max((shape[-1] for arg in rowwise if len(shape := shapes.get(arg.name, ()))), default=1)
+    rows = result // width if width else 0
+    loss = loss_elements(p, rows)
+    elements = peak_elements(
+        input_elements(spec, shapes),
+        value * result + per_row * rows,
+        (backward + grads) * result + per_row * rows,
+        grads,
+        loss,
+    )
+    return Cost(elements, loss + grad_elements(spec, shapes, grads), result, name, (widest,))
+
+
+def cosine_embedding_cost(spec: LossSpec, shapes: Shapes, p: CosineEmbeddingParams, grads: int) -> Cost:
+    """The products input1 * input2, input1², input2² one at a time, then a dozen tensors per pair (norms,
+    cosine, where()s). Measured: 1 input-sized tensor and 7 per pair without gradients; 4 with the two
+    gradients (included) and 3 per pair."""
+    return rows_cost(spec, shapes, p, grads, value=2, backward=3, per_row=12)
+
+
 @REGISTRY.loss(
     "cosine_embedding",
     tensors=(
@@ -102,6 +145,7 @@ def check_cosine_embedding(t: Mapping[str, Tensor], p: CosineEmbeddingParams) ->
     check=check_cosine_embedding,
     torch_ref="torch.nn.functional.cosine_embedding_loss",
     aliases=("CosineEmbeddingLoss",),
+    cost=cosine_embedding_cost,
 )
 def cosine_embedding(input1: Tensor, input2: Tensor, target: Tensor, p: CosineEmbeddingParams) -> Tensor:
     """1 - cos(input1, input2) for similar pairs, max(0, cos(input1, input2) - margin) for dissimilar ones."""
@@ -131,6 +175,13 @@ class TripletMarginParams(LossParams):
     swap: bool = Field(False, description="Use the positive-negative distance when smaller (Balntas et al.).")
 
 
+def triplet_margin_cost(spec: LossSpec, shapes: Shapes, p: TripletMarginParams, grads: int) -> Cost:
+    """Each pairwise distance builds the difference (and + eps) at the broadcast size; with gradients each
+    keeps one for the norm's backward, which builds its own (more for p other than 1 and 2). Measured with
+    three gradients: 2 tensors of the broadcast size, 4.3 with p=0.5 and swap, and a few per row."""
+    return rows_cost(spec, shapes, p, grads, value=3, backward=5, per_row=8)
+
+
 @REGISTRY.loss(
     "triplet_margin",
     tensors=TRIPLET,
@@ -138,6 +189,7 @@ class TripletMarginParams(LossParams):
     check=check_triplet,
     torch_ref="torch.nn.functional.triplet_margin_loss",
     aliases=("TripletMarginLoss",),
+    cost=triplet_margin_cost,
 )
 def triplet_margin(anchor: Tensor, positive: Tensor, negative: Tensor, p: TripletMarginParams) -> Tensor:
     """max(d(a, p) - d(a, n) + margin, 0) with d the p-norm pairwise distance."""
@@ -165,6 +217,15 @@ class TripletWithDistanceParams(LossParams):
     swap: bool = Field(False, description="Use the positive-negative distance when smaller (Balntas et al.).")
 
 
+def triplet_with_distance_cost(spec: LossSpec, shapes: Shapes, p: TripletWithDistanceParams, grads: int) -> Cost:
+    """pairwise_distance as in `triplet_margin_cost`. cosine: each similarity divides both arguments by their
+    norms and multiplies them, at the broadcast size; with gradients it keeps both quotients. Measured:
+    3 tensors of the broadcast size without gradients; 5, or 7 with swap's third distance, with them."""
+    if p.distance_function == "cosine":
+        return rows_cost(spec, shapes, p, grads, value=4, backward=9 if p.swap else 7, per_row=8)
+    return rows_cost(spec, shapes, p, grads, value=3, backward=4, per_row=8)
+
+
 @REGISTRY.loss(
     "triplet_margin_with_distance",
     tensors=TRIPLET,
@@ -172,6 +233,7 @@ class TripletWithDistanceParams(LossParams):
     check=check_triplet,
     torch_ref="torch.nn.functional.triplet_margin_with_distance_loss",
     aliases=("TripletMarginWithDistanceLoss",),
+    cost=triplet_with_distance_cost,
 )
 def triplet_margin_with_distance(
     anchor: Tensor, positive: Tensor, negative: Tensor, p: TripletWithDistanceParams

@@ -15,8 +15,22 @@ from pydantic import Field
 from torch import Tensor
 
 from service.losses import checks
-from service.losses.classification import LOGITS, num_classes
-from service.losses.registry import REGISTRY, LossParams, Reduction, TensorArg, TensorKind
+from service.losses.classification import LOGITS, class_sizes, num_classes
+from service.losses.registry import (
+    REGISTRY,
+    Cost,
+    LossParams,
+    LossSpec,
+    Reduction,
+    Shapes,
+    TensorArg,
+    TensorKind,
+    elementwise,
+    grad_elements,
+    input_elements,
+    loss_elements,
+    peak_elements,
+)
 
 
 def _focal_factor(one_minus_pt: Tensor, gamma: float) -> Tensor:
@@ -46,6 +60,18 @@ def check_focal(t: Mapping[str, Tensor], p: FocalParams) -> Sequence[str]:
     return []
 
 
+def focal_cost(spec: LossSpec, shapes: Shapes, p: FocalParams, grads: int) -> Cost:
+    """log_softmax's copy of the logits, then a dozen tensors per sample (the gathered log p_t, the focal
+    factor, the masks). Measured: one logits-sized tensor and 3 per sample without gradients; 3 with one
+    (the gradient included) and 2 per sample."""
+    scores, samples = class_sizes(tuple(shapes["input"]))
+    loss = loss_elements(p, samples)
+    value = 2 * scores + 8 * samples
+    backward = (3 + grads) * scores + 12 * samples
+    elements = peak_elements(input_elements(spec, shapes), value, backward, grads, loss)
+    return Cost(elements, loss + grad_elements(spec, shapes, grads), scores, "input (its log_softmax)", ("input",))
+
+
 @REGISTRY.loss(
     "focal",
     tensors=(
@@ -67,6 +93,7 @@ def check_focal(t: Mapping[str, Tensor], p: FocalParams) -> Sequence[str]:
     check=check_focal,
     torch_ref="-alpha_t * (1 - p_t)^gamma * log(p_t), p_t = softmax(input)[target] (Lin et al., 2017)",
     aliases=("focal_loss", "FocalLoss"),
+    cost=focal_cost,
 )
 def focal(input: Tensor, target: Tensor, alpha: Tensor | None, p: FocalParams) -> Tensor:
     """Multi-class softmax focal loss: -alpha_t (1 - p_t)^gamma log(p_t), p_t = softmax(input)[target].
@@ -112,6 +139,7 @@ def check_sigmoid_focal(t: Mapping[str, Tensor], p: SigmoidFocalParams) -> Seque
     check=check_sigmoid_focal,
     torch_ref="torchvision.ops.sigmoid_focal_loss",
     aliases=("sigmoid_focal_loss",),
+    cost=elementwise(value=8, backward=10),  # prob, ce, p_t's four terms, the factor, alpha_t: 7 and 9 measured
 )
 def sigmoid_focal(inputs: Tensor, targets: Tensor, p: SigmoidFocalParams) -> Tensor:
     """torchvision's sigmoid focal loss: BCE-with-logits * (1 - p_t)^gamma, times alpha_t when alpha >= 0.

@@ -77,6 +77,8 @@ class Cost:
 
     elements: int
     """Tensor elements the call holds at its peak: inputs, intermediates, the loss and gradients."""
+    output: int = 1
+    """Elements the call returns: the loss (one, unless `reduction="none"`) and the gradients."""
     largest: int = 0
     """Elements of the largest single tensor torch builds (a broadcast result, say)."""
     largest_name: str = ""
@@ -103,9 +105,9 @@ def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] 
     return tuple(out)
 
 
-def broadcast_cost(spec: LossSpec, shapes: Shapes, params: Any, grads: int) -> Cost:
-    """The default model: the arguments, their broadcast result (`TensorArg.broadcast`), and for each
-    gradient one more tensor of that size. Shapes that do not broadcast cost their own size: the check
+def broadcast_result(spec: LossSpec, shapes: Shapes) -> tuple[int, str, str]:
+    """The loss's first argument broadcast with each `TensorArg.broadcast` one: its elements, the argument
+    that widens it most, and the result in words. Shapes that do not broadcast are skipped: the check
     refuses them before torch runs."""
     first = spec.tensors[0].name
     out = tuple(shapes.get(first, ()))
@@ -118,10 +120,64 @@ def broadcast_cost(spec: LossSpec, shapes: Shapes, params: Any, grads: int) -> C
             if math.prod(wider) > math.prod(out):
                 widest = arg.name
             out = wider
-    inputs = sum(math.prod(shape) for shape in shapes.values())
-    result = math.prod(out)
-    name = first if widest == first else f"{widest} broadcast with {first}"
-    return Cost(elements=inputs + result * (2 + grads), largest=result, largest_name=name, largest_loc=(widest,))
+    return math.prod(out), widest, first if widest == first else f"{widest} broadcast with {first}"
+
+
+def input_elements(spec: LossSpec, shapes: Shapes) -> int:
+    """The given arguments' elements, in units of the floating dtype the work bytes are counted in: an int64
+    index (`TensorKind.INDEX`, 8 bytes) counts as two (exact for float32, one too many for float64)."""
+    index = {arg.name for arg in spec.tensors if arg.kind is TensorKind.INDEX}
+    return sum(math.prod(shape) * (2 if name in index else 1) for name, shape in shapes.items())
+
+
+def grad_elements(spec: LossSpec, shapes: Shapes, grads: int) -> int:
+    """Elements of `grads` gradients: those of the largest differentiable arguments given (which ones the
+    client asked for, the model is not told)."""
+    sizes = sorted((math.prod(shapes[a.name]) for a in spec.tensors if a.grad and a.name in shapes), reverse=True)
+    return sum(sizes[:grads])
+
+
+def peak_elements(inputs: int, value: int, backward: int, grads: int, loss: int) -> int:
+    """Elements held at a call's peak: the inputs, and what the loss holds at once without gradients
+    (`value`) or, when gradients are asked for, what the forward pass saves for the backward pass plus what
+    the backward pass holds at once, the gradients included (`backward`). A loss of more than one element
+    also has the upstream gradient `ones_like(loss)` the service differentiates with."""
+    if not grads:
+        return inputs + value
+    return inputs + backward + (loss if loss > 1 else 0)
+
+
+def elementwise_cost(spec: LossSpec, shapes: Shapes, params: Any, grads: int, *, value: int, backward: int) -> Cost:
+    """A loss built of elementwise operations over the broadcast result R (`broadcast_result`): torch holds
+    `value` tensors of R's size at once computing it, and `backward` of them, plus one per gradient (the
+    backward pass builds each at R's size before summing it down to its argument's), computing gradients."""
+    result, widest, name = broadcast_result(spec, shapes)
+    loss = loss_elements(params, result)
+    elements = peak_elements(input_elements(spec, shapes), value * result, (backward + grads) * result, grads, loss)
+    return Cost(elements, loss + grad_elements(spec, shapes, grads), result, name, (widest,))
+
+
+def elementwise(value: int, backward: int) -> CostModel:
+    """`elementwise_cost` with these counts, as a loss's `cost`: `value` tensors of the broadcast result's
+    size held at once without gradients, `backward` with them (besides one per gradient). A declaration
+    notes the counts tests/unit/test_cost_bounds.py measured ("measured 2 and 3") and adds a margin."""
+
+    def model(spec: LossSpec, shapes: Shapes, params: Any, grads: int) -> Cost:
+        return elementwise_cost(spec, shapes, params, grads, value=value, backward=backward)
+
+    return model
+
+
+def broadcast_cost(spec: LossSpec, shapes: Shapes, params: Any, grads: int) -> Cost:
+    """The default model: the arguments, two tensors of their broadcast result's size (`TensorArg.broadcast`),
+    and with gradients two more and one per gradient. Losses that build more declare their own `cost`
+    (tests/unit/test_cost_bounds.py measures every loss against its model)."""
+    return elementwise_cost(spec, shapes, params, grads, value=2, backward=2)
+
+
+def loss_elements(params: Any, elements: int) -> int:
+    """Elements of the loss a call returns: `elements` per-element losses for `reduction="none"`, else one."""
+    return elements if getattr(params, "reduction", "mean") == "none" else 1
 
 
 @dataclass(frozen=True)

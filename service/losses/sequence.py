@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -11,7 +12,19 @@ from torch import Tensor
 
 from service.errors import InvalidRequest, ShapeMismatch
 from service.losses import checks
-from service.losses.registry import REGISTRY, LossParams, TensorArg, TensorKind
+from service.losses.registry import (
+    REGISTRY,
+    Cost,
+    LossParams,
+    LossSpec,
+    Shapes,
+    TensorArg,
+    TensorKind,
+    grad_elements,
+    input_elements,
+    loss_elements,
+    peak_elements,
+)
 
 
 class CtcParams(LossParams):
@@ -63,6 +76,31 @@ def check_ctc(t: Mapping[str, Tensor], p: CtcParams) -> Sequence[str]:
     return []
 
 
+def ctc_cost(spec: LossSpec, shapes: Shapes, p: CtcParams, grads: int) -> Cost:
+    """torch's alpha table, TxNx(2S+1) for T = log_probs' length and S the longest target; with gradients
+    the beta table of that size too and the TxNxC gradient; one more log_probs-sized tensor as a margin
+    (measured: the tables and the gradient exactly, as RSS shows too). S is the padded targets' width, or
+    for concatenated targets (their lengths unknown before the check reads them) all of them."""
+    log_probs, targets = tuple(shapes["log_probs"]), tuple(shapes["targets"])
+    steps, classes = (log_probs[0], log_probs[-1]) if log_probs else (0, 0)
+    batch = log_probs[1] if len(log_probs) == 3 else 1
+    concatenated = len(log_probs) == 3 and len(targets) == 1
+    longest = math.prod(targets) if concatenated else (targets[-1] if targets else 0)
+    alpha = steps * batch * (2 * longest + 1)
+    scores = steps * batch * classes
+    loss = loss_elements(p, batch)
+    value = alpha + scores + 8 * batch
+    backward = 2 * alpha + (1 + grads) * scores + 8 * batch
+    elements = peak_elements(input_elements(spec, shapes), value, backward, grads, loss)
+    if alpha > scores:
+        name = "log_probs (the TxNx(2S+1) alpha table"
+        name += ", S = every concatenated target: padded (N, S) targets bound it)" if concatenated else ")"
+        largest, loc = alpha, ("targets",) if 2 * longest + 1 > classes else ("log_probs",)
+    else:
+        largest, name, loc = scores, "log_probs", ("log_probs",)
+    return Cost(elements, loss + grad_elements(spec, shapes, grads), largest, name, loc)
+
+
 @REGISTRY.loss(
     "ctc",
     tensors=(
@@ -82,6 +120,7 @@ def check_ctc(t: Mapping[str, Tensor], p: CtcParams) -> Sequence[str]:
     check=check_ctc,
     torch_ref="torch.nn.functional.ctc_loss",
     aliases=("CTCLoss",),
+    cost=ctc_cost,
 )
 def ctc(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor, p: CtcParams) -> Tensor:
     """Negative log likelihood of the targets summed over all alignments; `mean` divides by target lengths."""

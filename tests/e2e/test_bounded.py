@@ -125,6 +125,11 @@ def test_body_bytes_are_admitted_before_they_are_read() -> None:
             b"Content-Length: 500000\r\n\r\n"
         )
         head = second.recv(65536)
+        while not head.endswith(b"}"):  # the problem document may follow the head in a packet of its own
+            more = second.recv(65536)
+            if not more:
+                break
+            head += more
         assert head.startswith(b"HTTP/1.1 503"), head[:200]
         assert b"retry-after: 1" in head.lower()
         assert b"LOSSD_MAX_INFLIGHT_BYTES" in head
@@ -182,8 +187,9 @@ def test_a_drain_that_runs_out_answers_503() -> None:
     elapsed = time.monotonic() - started
     thread.join(timeout=30)
     assert code == 0
-    # 2.5-3 s here: the drain, then the cancelled request's thread returns once its worker is killed
-    assert elapsed < 8, f"exited {elapsed:.1f} s after SIGTERM with a 1 s drain"
+    # 2.5-3 s on an idle machine (up to 9 s under the whole suite): the drain, then the cancelled request's
+    # thread returns once its worker is killed
+    assert elapsed < 15, f"exited {elapsed:.1f} s after SIGTERM with a 1 s drain"
     response = answer["r"]
     assert response.status_code == 503, response.text
     assert response.headers["content-type"] == "application/problem+json"
