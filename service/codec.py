@@ -154,7 +154,7 @@ def _keys_and_colons(value: Any) -> int:
         node = stack.pop()
         items: Iterable[Any]
         if type(node) is dict:
-            count += len(node) + sum(key.count(":") for key in node)
+            count += len(node) + "".join(node).count(":")
             items = node.values()
         else:  # a list, not empty
             first = node[0]
@@ -222,7 +222,8 @@ class _Unreadable(Exception):
 
 
 _SIMDJSON_KEYS = 256
-"""simdjson finds a field by reading the object's keys in turn: objects with more keys go to `_repeated_key_json`."""
+"""The most keys of an object read from simdjson by key: it finds a field by reading the keys in turn, so
+wider objects go to orjson (in `loads`) or to the standard library (in `_repeated_key`)."""
 
 
 def _repeated_key_simdjson(body: bytes) -> Loc | None:
@@ -240,9 +241,7 @@ def _repeated_key_simdjson(body: bytes) -> Loc | None:
         node, where, whole = stack.pop()
         children: list[tuple[Any, _Where, bool]]
         if isinstance(node, simdjson.Object):
-            keys = list(node.keys())
-            if len(keys) > _SIMDJSON_KEYS:
-                raise _Unreadable
+            keys = _simdjson_keys(node)
             seen: set[str] = set()
             for key in keys:
                 if key in seen:
@@ -325,14 +324,22 @@ def _loads_flat_arrays(body: bytes) -> dict[str, Any] | None:
             arrays += _count_lists(read) if isinstance(read, list) else 1
             return read
         if isinstance(item, simdjson.Object):  # items() would build Python lists: index by key instead
-            return {k: value(item[k]) for k in item.keys()}  # noqa: SIM118
+            return {k: value(item[k]) for k in _simdjson_keys(item)}
         return item
 
     try:
-        out = {key: value(document[key]) for key in document.keys()}  # noqa: SIM118
-    except (RecursionError, RuntimeError, ValueError):
+        out = {key: value(document[key]) for key in _simdjson_keys(document)}
+    except (RecursionError, RuntimeError, ValueError, _Unreadable):
         return None
     return out if arrays and _holds(body, b"[", arrays) else None
+
+
+def _simdjson_keys(obj: Any) -> list[str]:
+    """A simdjson object's keys, unless it has too many to index by key (each lookup reads them in turn)."""
+    keys = list(obj.keys())
+    if len(keys) > _SIMDJSON_KEYS:
+        raise _Unreadable
+    return keys
 
 
 def _count_lists(value: Any) -> int:

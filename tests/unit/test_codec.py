@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
 import math
+import os
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import torch
 
 from service import codec
-from service.errors import InvalidTensor, MalformedBody
+from service.errors import InvalidRequest, InvalidTensor, MalformedBody, PayloadTooLarge
 from service.losses.registry import TensorKind
 from tests import wire
 
@@ -209,3 +214,231 @@ def test_large_bodies_with_numbers_simdjson_cannot_hold() -> None:
     assert len(body) >= codec.SIMD_MIN_BYTES
     decoded = codec.decode_tensor(codec.loads(body)["input"], "input").tensor
     assert decoded[-1].item() == 1.2345678901234568e29  # as orjson reads it
+
+
+# --- one meaning for every body: repeated keys are refused by every parser, at every size ------------
+
+LARGE = codec.SIMD_MIN_BYTES
+
+
+def _padded(body: bytes) -> bytes:
+    """The same document past the fast-path threshold: whitespace before its last bracket."""
+    return body[:-1] + b" " * LARGE + body[-1:]
+
+
+def _repeated_loc(body: bytes) -> tuple[Any, ...]:
+    with pytest.raises(InvalidRequest) as info:
+        codec.loads(body)
+    error = info.value
+    assert error.errors[0].loc[-1] in error.detail, error.detail  # the detail names the key
+    assert "more than once" in error.detail
+    return error.errors[0].loc
+
+
+REPEATED: list[tuple[bytes, tuple[Any, ...]]] = [
+    (b'{"input": [3.0], "input": [1.0], "target": [0.0]}', ("input",)),
+    (b'{"input": [[0.1]], "target": [[0.3]], "target": [[0.2]]}', ("target",)),
+    (b'{"input": {"data": [1.0], "data": [2.0], "shape": [1]}, "target": [0.0]}', ("input", "data")),
+    (b'{"input": [1.0], "\\u0069nput": [2.0], "target": [0.0]}', ("input",)),  # the same key once decoded
+    (b'{"id": "a:b", "input": [1.0], "id": "c:d"}', ("id",)),  # strings holding ':' too
+    (b'{"note": "\\u003a", "input": [1.0], "input": [2.0]}', ("input",)),  # an escape that writes a ':'
+    (b'{"input": [1.0, {"a": 1, "a": 2}]}', ("input", 1, "a")),  # an object inside an array of numbers
+    (b'{"input": [1.0], "b": 123456789012345678901234567890, "input": [2]}', ("input",)),  # past 64 bits
+    # /v1/evaluate: in an entry, in an entry's renames, among the shared tensors
+    (b'{"tensors": {"x": [1.0]}, "losses": [{"name": "mse"}, {"name": "l1", "name": "mse"}]}', ("losses", 1, "name")),
+    (
+        b'{"tensors": {"x": [1.0]}, "losses": [{"name": "mse", "tensors": {"input": "x", "input": "x"}}]}',
+        ("losses", 0, "tensors", "input"),
+    ),
+    (b'{"tensors": {"x": [1.0], "x": [2.0]}, "losses": [{"name": "mse"}]}', ("tensors", "x")),
+    # the Open Inference Protocol's JSON: inputs, their parameters, the request's parameters
+    (
+        b'{"inputs": [{"name": "input", "name": "target", "shape": [1], "datatype": "FP32", "data": [1.0]}]}',
+        ("inputs", 0, "name"),
+    ),
+    (
+        b'{"inputs": [{"name": "input", "parameters": {"binary_data_size": 4, "binary_data_size": 8}}]}',
+        ("inputs", 0, "parameters", "binary_data_size"),
+    ),
+    (b'{"parameters": {"reduction": "sum", "reduction": "mean"}, "inputs": []}', ("parameters", "reduction")),
+    (b'[{"a": 1}, {"a": 1, "a": 1}]', (1, "a")),
+    (b'{"a": {"b": {"c": [[{"d": 1, "d": 2}]]}}}', ("a", "b", "c", 0, 0, "d")),
+]
+
+
+@pytest.mark.parametrize("size", ["small", "padded"])
+@pytest.mark.parametrize(("body", "loc"), REPEATED)
+def test_repeated_keys_are_refused_at_every_size(body: bytes, loc: tuple[Any, ...], size: str) -> None:
+    """orjson keeps the last of two values and simdjson the first: neither may decide what a body means."""
+    body = _padded(body) if size == "padded" else body
+    assert (len(body) >= LARGE) == (size == "padded")
+    assert _repeated_loc(body) == loc
+
+
+@pytest.mark.parametrize(("body", "loc"), REPEATED)
+def test_both_exact_looks_name_the_same_place(body: bytes, loc: tuple[Any, ...]) -> None:
+    if b"1234567890123456789012345" not in body:  # simdjson cannot read numbers past 64 bits
+        assert codec._repeated_key_simdjson(body) == loc
+    assert codec._repeated_key_json(body) == loc
+
+
+ACCEPTED = [
+    b'{"input": [1.0], "target": [2.0]}',
+    b'{"id": "a:b", "input": [1.0], "note": {"at": "12:00:00", "k:e:y": ["x:y", 1]}}',
+    b'{"id": "\\u003a", "input": [1.0], "target": [2.0]}',
+    b'{"input": [1.0, {"a": 1, "b": 2}], "s": ":"}',
+    b'{"big": 123456789012345678901234567890, "s": ":", "t": [{"a": 1}]}',
+    b'{"input": "NaN", "u": "\\u00e9:"}',
+    b'[1, "a:b", {"c": ":"}]',
+]
+
+
+@pytest.mark.parametrize("size", ["small", "padded"])
+@pytest.mark.parametrize("body", ACCEPTED)
+def test_bodies_without_repeats_read_as_orjson_reads_them(body: bytes, size: str) -> None:
+    body = _padded(body) if size == "padded" else body
+    assert codec.loads(body) == orjson.loads(body)
+    if b"1234567890123456789012345" not in body:  # simdjson cannot read numbers past 64 bits
+        assert codec._repeated_key_simdjson(body) is None
+    assert codec._repeated_key_json(body) is None
+    assert codec.loads(b'"a:b"') == "a:b"
+
+
+@pytest.fixture
+def fast_path(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What the simdjson fast path returned, call by call."""
+    returned: list[Any] = []
+    read = codec._loads_flat_arrays
+
+    def spy(body: bytes) -> Any:
+        returned.append(read(body))
+        return returned[-1]
+
+    monkeypatch.setattr(codec, "_loads_flat_arrays", spy)
+    return returned
+
+
+def _big(**fields: Any) -> bytes:
+    return orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def test_repeated_keys_are_refused_on_the_fast_path(fast_path: list[Any]) -> None:
+    values = np.random.default_rng(5).standard_normal(BIG)
+    body = _big(input=values, target={"data": values, "dtype": "float32"}).replace(
+        b'"dtype":"float32"', b'"dtype":"float32","dtype":"float64"'
+    )
+    assert _repeated_loc(body) == ("target", "dtype")
+    assert fast_path[0] is not None  # simdjson read it (keeping the first dtype): the check ran after
+    fast_path.clear()
+    top = _big(beta=0.5, input=values).replace(b'"beta":0.5', b'"beta":0.5,"beta":2.0')
+    assert _repeated_loc(top) == ("beta",)
+    assert fast_path[0] is not None
+
+
+def test_large_bodies_with_colons_in_strings_stay_on_the_fast_path(fast_path: list[Any]) -> None:
+    values = np.random.default_rng(6).standard_normal(BIG)
+    for note in ("12:00:00", "\\u003a"):  # counted exactly; an escape is looked at exactly
+        body = _big(id="x", input=values).replace(b'"id":"x"', b'"id":"' + note.encode() + b'"')
+        read = codec.loads(body)
+        assert isinstance(read["input"], np.ndarray)
+        assert read["id"] == orjson.loads(body)["id"]
+    assert all(r is not None for r in fast_path)
+
+
+def test_large_bodies_of_many_objects_are_looked_at_by_the_standard_library() -> None:
+    entries = [{"name": "mse", "reduction": "sum"}] * 2000
+    body = orjson.dumps({"note": "a:b", "losses": [*entries, {"name": "l1"}]}).replace(
+        b'{"name":"l1"}', b'{"name":"l1","name":"mse"}'
+    )
+    assert body.count(b"{") * 256 > len(body)
+    assert _repeated_loc(body) == ("losses", 2000, "name")
+
+
+def test_wide_objects_stay_linear() -> None:
+    """simdjson finds a field by reading the keys in turn: wide objects are read by orjson."""
+    wide = {f"k{i}": i for i in range(20_000)}
+    body = _big(input=np.zeros(BIG), **wide)
+    assert codec.loads(body)["k19999"] == 19_999
+    repeated = body[:-1] + b',"k5":6}'
+    assert _repeated_loc(repeated) == ("k5",)
+    assert codec._repeated_key_json(repeated) == ("k5",)
+    with pytest.raises(codec._Unreadable):
+        codec._repeated_key_simdjson(repeated)
+
+
+def test_nesting_deeper_than_python_recurses() -> None:
+    deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
+    value = codec.loads(deep)
+    for _ in range(1000):
+        value = value["a"]
+    assert value == 1
+    repeated = b'{"a":' * 1000 + b'{"b": 1, "b": 2}' + b"}" * 1000
+    assert _repeated_loc(repeated) == ("a",) * 1000 + ("b",)
+    arrays = b"[" * 1000 + b'{"b": 1, "b": 2}' + b"]" * 1000
+    assert _repeated_loc(arrays) == (0,) * 1000 + ("b",)
+
+
+def test_tensor_arrays_are_not_walked() -> None:
+    """Counting keys skips arrays by their first element: a million numbers cost nothing extra."""
+    assert codec._object_keys({"input": [[0.5] * 1000] * 1000, "target": [0.5] * 1_000_000, "x": {"y": []}}) == 4
+    assert codec._object_keys([{"a": 1}, [{"b": 1, "c": 2}], [1.0, {"hidden": 1}]]) == 3  # the hidden one: skipped
+    assert codec._holds(b":" * 10, b":", 10)
+    assert not codec._holds(b"x" * 100_000 + b":", b":", 0)
+    assert codec._holds(b"x" * 100_000 + b":" + b"y" * 100_000, b":", 1)
+    assert not codec._holds(b"x" * 100_000 + b"::", b":", 1)
+
+
+# --- content encodings ----------------------------------------------------------------------------
+
+DOC = b'{"input": [1.0, 2.0], "target": [1.5, 2.5]}'
+PACK: dict[str, Callable[[bytes], bytes]] = {"gzip": gzip.compress, "deflate": zlib.compress}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_bytes_after_the_compressed_data_are_refused(encoding: str) -> None:
+    packed = PACK[encoding](DOC)
+    assert codec.decompress(packed, encoding, 1 << 20) == DOC
+    for junk in (b"x", b"\0", b"\0" * 8, b"<html>", b"\x1f"):
+        with pytest.raises(MalformedBody, match="after the end"):
+            codec.decompress(packed + junk, encoding, 1 << 20)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_truncated_streams_are_refused(encoding: str) -> None:
+    packed = PACK[encoding](DOC)
+    for cut in (b"", packed[:5], packed[:-1], packed[: len(packed) // 2]):
+        with pytest.raises(MalformedBody):
+            codec.decompress(cut, encoding, 1 << 20)
+
+
+def test_gzip_members_are_joined() -> None:
+    """RFC 1952 2.2: a gzip file is a series of members; each is read, and the contents joined."""
+    halves = gzip.compress(DOC[:10]) + gzip.compress(DOC[10:])
+    assert codec.decompress(halves, "gzip", 1 << 20) == DOC == gzip.decompress(halves)
+    big = os.urandom(3 << 20)  # a second member read in several pieces
+    assert codec.decompress(gzip.compress(b"[") + gzip.compress(big), "gzip", 4 << 20) == b"[" + big
+    with pytest.raises(MalformedBody, match="truncated"):
+        codec.decompress(halves + gzip.compress(b" ")[:-2], "gzip", 1 << 20)
+    with pytest.raises(MalformedBody, match="cannot be decompressed"):
+        codec.decompress(halves + b"\x1f\x8bnot a member", "gzip", 1 << 20)
+    member = gzip.compress(b" ")
+    assert codec.decompress(member * codec._GZIP_MEMBERS, "gzip", 1 << 20) == b" " * codec._GZIP_MEMBERS
+    with pytest.raises(MalformedBody, match="members"):
+        codec.decompress(member * (codec._GZIP_MEMBERS + 1), "gzip", 1 << 20)
+
+
+def test_deflate_has_one_stream() -> None:
+    with pytest.raises(MalformedBody, match="after the end"):
+        codec.decompress(zlib.compress(DOC) + zlib.compress(DOC), "deflate", 1 << 20)
+
+
+def test_the_decompression_limit_holds_across_members() -> None:
+    two = gzip.compress(b"x" * 6) + gzip.compress(b"y" * 6)
+    assert codec.decompress(two, "gzip", 12) == b"x" * 6 + b"y" * 6
+    with pytest.raises(PayloadTooLarge) as info:
+        codec.decompress(two, "gzip", 11)
+    assert info.value.limit == 11
+    bomb = gzip.compress(b"\0" * (8 << 20))
+    with pytest.raises(PayloadTooLarge):
+        codec.decompress(bomb, "gzip", 1 << 20)
+    assert codec.decompress(DOC, None, 10) == DOC  # identity: the body limit applies elsewhere
