@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import FrameType
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -131,11 +132,11 @@ def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManage
                     previous(sig, frame)
 
             signal.signal(signal.SIGTERM, on_sigterm)
+        if state.workers is not None:  # the fork server and a first worker, before the server takes requests
+            await anyio.to_thread.run_sync(_warm, state.workers)
         gc.collect()
         gc.freeze()
         unwatch = state.metrics.watch_gc()
-        if state.workers is not None:  # the fork server and a first worker, while the server starts
-            threading.Thread(target=_warm, args=(state.workers,), name="lossd-warm-workers", daemon=True).start()
         try:
             yield
         finally:

@@ -9,7 +9,7 @@ where the job runs. Errors are domain exceptions. Keeping this free of HTTP lets
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -33,7 +33,7 @@ Execute = Callable[[Task], compute.LossResult]
 """Where a computation runs: in this process (`Task.run_here`), or in a worker process (`WorkerPool`)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Job(Generic[T]):
     """A request read and validated: what computing it will cost (predicted, before any torch call), and
     the steps that answer it, given where its computations run."""
@@ -55,7 +55,7 @@ class Job(Generic[T]):
     def then(self, fn: Callable[[T], U]) -> Job[U]:
         """The same work, its result passed on to `fn` (encoding it, say)."""
         steps = self.steps
-        return replace(self, steps=lambda execute: fn(steps(execute)))  # type: ignore[arg-type, return-value]
+        return Job(self.cost, self.work_bytes, self.output_bytes, lambda execute: fn(steps(execute)), self.here)
 
 
 BYTES_PER_JSON_NUMBER = 25
@@ -183,7 +183,7 @@ class DataPlane:
                 raise relocated(exc) from None
             return {"name": spec.name, "status": 200, **encode_result(result, params.output_encoding)}
 
-        return replace(job, steps=steps)  # type: ignore[arg-type, return-value]
+        return Job(job.cost, job.work_bytes, job.output_bytes, steps, job.here)
 
     def plan(
         self,

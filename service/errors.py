@@ -155,6 +155,20 @@ class Overloaded(LossdError):
     retry_after = 1
 
 
+class RequestTimeout(LossdError):
+    """The client did not send its whole request (head and body) within the read deadline."""
+
+    slug = "request-timeout"
+    title = "Request timeout"
+
+
+class HeadersTooLarge(LossdError):
+    """The request line and headers (or a chunked body's trailers) exceed the configured size."""
+
+    slug = "headers-too-large"
+    title = "Request header fields too large"
+
+
 class ComputeTimeout(LossdError):
     """The computation took longer than the configured timeout."""
 
@@ -191,6 +205,8 @@ ALL_ERRORS: tuple[type[LossdError], ...] = (
     ResourceExhausted,
     Unauthorized,
     Overloaded,
+    RequestTimeout,
+    HeadersTooLarge,
     ComputeTimeout,
     DeviceFailure,
 )

@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -53,7 +54,7 @@ WATCH_INTERVAL_S = 0.005
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Task:
     """One loss computation, ready to run in this process or in a worker process."""
 
@@ -166,11 +167,12 @@ class WorkerPool:
             except BaseException:
                 with self._cond:
                     self._count -= 1
-                    self._cond.notify()
+                    self._cond.notify_all()
                 raise
             self.started += 1
         with self._cond:
             self._busy.add(worker)
+            self._cond.notify_all()  # wakes the watchdog
             if self._watchdog is None:
                 self._watchdog = threading.Thread(target=self._watch, name="lossd-worker-watchdog", daemon=True)
                 self._watchdog.start()
@@ -184,15 +186,20 @@ class WorkerPool:
                 self._idle.append(worker)
             else:
                 self._count -= 1
-            self._cond.notify()
+            self._cond.notify_all()
         if not keep:
             worker.kill("closed")
             worker.reap()
 
     def _watch(self) -> None:
-        """Kill any busy worker whose memory passed its cap."""
-        while not self._closed:
+        """Kill any busy worker whose memory passed its cap. Sleeps while no worker is busy: a thread that
+        wakes up costs the event loop the GIL."""
+        while True:
             with self._cond:
+                while not self._busy and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
                 busy = list(self._busy)
             for worker in busy:
                 grown = worker.rss() - worker.baseline
@@ -204,7 +211,7 @@ class WorkerPool:
                         self.memory_cap,
                     )
                     worker.kill("memory", cap=self.memory_cap)
-            threading.Event().wait(WATCH_INTERVAL_S)
+            time.sleep(WATCH_INTERVAL_S)
 
 
 def _context() -> multiprocessing.context.ForkServerContext:

@@ -126,13 +126,19 @@ def broadcast_result(spec: LossSpec, shapes: Shapes) -> tuple[int, str, str]:
 def input_elements(spec: LossSpec, shapes: Shapes) -> int:
     """The given arguments' elements, in units of the floating dtype the work bytes are counted in: an int64
     index (`TensorKind.INDEX`, 8 bytes) counts as two (exact for float32, one too many for float64)."""
-    index = {arg.name for arg in spec.tensors if arg.kind is TensorKind.INDEX}
-    return sum(math.prod(shape) * (2 if name in index else 1) for name, shape in shapes.items())
+    total = 0
+    for arg in spec.tensors:
+        shape = shapes.get(arg.name)
+        if shape is not None:
+            total += math.prod(shape) * (2 if arg.kind is TensorKind.INDEX else 1)
+    return total
 
 
 def grad_elements(spec: LossSpec, shapes: Shapes, grads: int) -> int:
     """Elements of `grads` gradients: those of the largest differentiable arguments given (which ones the
     client asked for, the model is not told)."""
+    if not grads:
+        return 0
     sizes = sorted((math.prod(shapes[a.name]) for a in spec.tensors if a.grad and a.name in shapes), reverse=True)
     return sum(sizes[:grads])
 

@@ -47,7 +47,6 @@ timer (armed and cancelled around every request) is not used.
 from __future__ import annotations
 
 import asyncio
-import http
 import json
 import math
 from typing import Any, ClassVar
@@ -55,7 +54,9 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from service.api.errors import problem_body
 from service.config import Settings
+from service.errors import HeadersTooLarge, LossdError, Overloaded, RequestTimeout
 
 DECLINED_UPGRADE_HEADERS = frozenset({b"upgrade", b"http2-settings"})
 """Headers (and `Connection` tokens) that only make sense if the upgrade is accepted: left out of the replay."""
@@ -69,12 +70,12 @@ _SLACK_S = 0.001
 """A deadline within this of the loop's clock (which has millisecond resolution under uvloop) has passed."""
 
 
-def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> bytes:
-    """A complete response after the status line and the server's default headers: an RFC 9457 document
-    shaped like `service.api.errors.problem_body`'s, and `connection: close`."""
-    body = {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail} | extra
+def _problem(exc: LossdError) -> bytes:
+    """A complete response after the status line and the server's default headers: the error's RFC 9457
+    document from the one error table (`service.api.errors`), and `connection: close`."""
+    body = problem_body(exc)
     payload = json.dumps(body, separators=(",", ":")).encode()
-    retry = b"retry-after: 1\r\n" if status == http.HTTPStatus.SERVICE_UNAVAILABLE else b""
+    retry = b"retry-after: %d\r\n" % exc.retry_after if isinstance(exc, Overloaded) else b""
     return b"".join(
         [
             b"content-type: application/problem+json\r\n",
@@ -127,8 +128,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
                 f"this server process holds its limit of {self.max_connections} connections "
                 "(LOSSD_MAX_CONNECTIONS); retry shortly"
             )
-            errors = [{"loc": ["server"], "msg": detail}]
-            self._write_and_close(503, _problem(503, "overloaded", "Server overloaded", detail, errors=errors))
+            self._write_and_close(503, _problem(Overloaded(detail, limit=self.max_connections)))
             return
         super().connection_made(transport)
         self._head_left = self.max_header_bytes
@@ -328,8 +328,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
         part = "body" if self._phase == BODY else "header"
         limit = f"{self.read_timeout_s:g} s"
         detail = f"the request was not received within {limit} of its first byte (LOSSD_READ_TIMEOUT_S)"
-        body = _problem(408, "request-timeout", "Request timeout", detail, errors=[{"loc": [part], "msg": detail}])
-        self._write_and_close(408, body)
+        self._write_and_close(408, _problem(RequestTimeout(detail, loc=(part,))))
 
     # Refusals
 
@@ -358,9 +357,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
             f"the request line and headers (or trailers) exceed the limit of {self.max_header_bytes} bytes "
             "(LOSSD_MAX_HEADER_BYTES)"
         )
-        errors = [{"loc": ["header"], "msg": detail}]
-        body = _problem(431, "headers-too-large", "Request header fields too large", detail, errors=errors)
-        self._write_and_close(431, body)
+        self._write_and_close(431, _problem(HeadersTooLarge(detail, limit=self.max_header_bytes)))
 
     def _write_and_close(self, status: int, rest: bytes) -> None:
         """Write a complete response that closes the connection (`rest` from `_problem`), and close it."""

@@ -166,9 +166,9 @@ def test_hang_ups_count_as_499(short_timeout: tuple[str, int]) -> None:
 
 
 def test_a_drain_that_runs_out_answers_503() -> None:
-    """SIGTERM with a request computing past LOSSD_DRAIN_TIMEOUT_S: it gets a 503 problem, not a bare 500,
-    and the process exits 0 soon after the drain time."""
-    url, proc = start_server(LOSSD_DRAIN_TIMEOUT_S="1")
+    """SIGTERM with a request computing past LOSSD_DRAIN_TIMEOUT_S (0 here: the drain runs out at once): it
+    gets a 503 problem, not a bare 500, and the process exits 0 soon after."""
+    url, proc = start_server(LOSSD_DRAIN_TIMEOUT_S="0")
     answer: dict[str, httpx.Response] = {}
 
     def post() -> None:
@@ -176,7 +176,7 @@ def test_a_drain_that_runs_out_answers_503() -> None:
 
     thread = threading.Thread(target=post)
     thread.start()
-    time.sleep(0.5)
+    time.sleep(0.2)  # the computation (over a second) has begun
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
@@ -187,11 +187,10 @@ def test_a_drain_that_runs_out_answers_503() -> None:
     elapsed = time.monotonic() - started
     thread.join(timeout=30)
     assert code == 0
-    # 2.5-3 s on an idle machine (up to 9 s under the whole suite): the drain, then the cancelled request's
-    # thread returns once its worker is killed
-    assert elapsed < 15, f"exited {elapsed:.1f} s after SIGTERM with a 1 s drain"
+    # about 0.3 s here: the 503, then the worker killed at shutdown
+    assert elapsed < 5, f"exited {elapsed:.1f} s after SIGTERM with no drain time"
     response = answer["r"]
-    assert response.status_code == 503, response.text
+    assert response.status_code == 503, response.text[:300]
     assert response.headers["content-type"] == "application/problem+json"
     assert "shutting down" in response.json()["detail"]
 
