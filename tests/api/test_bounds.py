@@ -4,8 +4,7 @@ settings that could never admit a request."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,27 +12,11 @@ import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from service.app import create_app
 from service.config import Settings
 from service.isolation import WorkerPool
 from tests import wire
 
 SMALL = {"input": [1.0, 2.0, 4.0], "target": [1.5, 2.5, 3.0]}
-
-
-@pytest.fixture
-def make_client() -> Iterator[Callable[..., TestClient]]:
-    clients: list[TestClient] = []
-
-    def make(**settings: Any) -> TestClient:
-        client = TestClient(create_app(Settings(device=wire.DEVICE, log_level="warning", **settings)))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 def _still_correct(client: TestClient) -> None:

@@ -30,23 +30,6 @@ def _expected() -> torch.Tensor:
 
 
 @pytest.fixture
-def make_client() -> Iterator[Callable[..., TestClient]]:
-    """Clients of apps with other settings."""
-    clients: list[TestClient] = []
-
-    def make(**settings: Any) -> TestClient:
-        settings = {"log_level": "warning"} | settings
-        client = TestClient(create_app(Settings(device=wire.DEVICE, **settings)), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
-
-
-@pytest.fixture
 def slow_l1() -> Iterator[float]:
     """l1 that sleeps first, so requests pile up."""
     spec = REGISTRY.get("l1")
