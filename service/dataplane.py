@@ -39,9 +39,10 @@ class Job(Generic[T]):
     the steps that answer it, given where its computations run."""
 
     cost: int
-    """Tensor elements the computation will hold at its peak (see `registry.Cost`)."""
+    """Tensor elements the computation will hold at its peak, or its operations if more (`registry.Cost.effort`)."""
     work_bytes: int
-    """The same in bytes: the memory the computation will build at its peak."""
+    """The same in bytes: the memory the computation will build at its peak (or, for a loss whose time grows
+    faster than its memory, four bytes an operation: what sends long work to a worker process)."""
     output_bytes: int
     """The most bytes its response may take."""
     steps: Callable[[Execute], T]
@@ -219,7 +220,7 @@ class DataPlane:
                 on_elements(spec.name, elements)
             return result
 
-        return Job(cost.elements, work, output, steps, self.run_here)
+        return Job(cost.effort, max(work, cost.operations * 4), output, steps, self.run_here)
 
     def check_elements(self, raw: Mapping[str, compute.RawTensor]) -> int:
         """Every decoded tensor, and all of them together, within the element limits; returns the total."""

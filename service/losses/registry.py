@@ -85,6 +85,14 @@ class Cost:
     """What that tensor is, in words (for the 413 that refuses it)."""
     largest_loc: tuple[str, ...] = ()
     """The argument that makes it so large."""
+    operations: int = 0
+    """Elementary steps the call takes, for a loss whose time grows faster than its memory
+    (multilabel_margin: N x C x C); 0: about one per element held. Schedules the call, with `elements`."""
+
+    @property
+    def effort(self) -> int:
+        """The larger of the elements held and the operations taken: what decides where the call runs."""
+        return max(self.elements, self.operations)
 
 
 CostModel = Callable[["LossSpec", Shapes, Any, int], Cost]

@@ -105,6 +105,26 @@ def test_a_timeout_stops_the_work_and_frees_its_slot(short_timeout: tuple[str, i
     _still_correct(url)
 
 
+def test_work_that_is_long_but_small_is_stopped_too(short_timeout: tuple[str, int]) -> None:
+    """multilabel_margin takes N x C x C steps in little memory (C=32,768: seconds of CPU for a 400 KB body):
+    its cost model counts the steps, so it runs in a worker process and the timeout stops it."""
+    url, pid = short_timeout
+    classes = 32_768
+    body = {"input": [0.5] * classes, "target": list(range(classes))}
+    response = httpx.post(f"{url}/v1/losses/multilabel_margin", json=body, timeout=60)
+    assert response.status_code == 504, response.text[:300]
+    time.sleep(0.3)
+    before = _tree_cpu_seconds(pid)
+    time.sleep(1.0)
+    used = _tree_cpu_seconds(pid) - before
+    assert used < 0.5, f"{used:.2f} s of CPU used in the second after the timeout: the work did not stop"
+    small = {"input": [[0.1, 0.2, 0.4, 0.8]], "target": [[3, 0, -1, 1]]}
+    answer = httpx.post(f"{url}/v1/losses/multilabel_margin", json=small, timeout=30)
+    assert answer.status_code == 200, answer.text
+    expected = F.multilabel_margin_loss(torch.tensor(small["input"]), torch.tensor(small["target"]))
+    wire.assert_same(answer.json()["loss"], expected)
+
+
 def test_body_bytes_are_admitted_before_they_are_read() -> None:
     """With 1 MiB of body bytes allowed in flight, a client that holds 900 KB (sending slowly) leaves no room
     for a second 500 KB body: its request is refused at once, before its body is sent."""
