@@ -346,6 +346,12 @@ def _count_lists(value: Any) -> int:
     return 1 + sum(_count_lists(v) for v in value if isinstance(v, list)) if isinstance(value, list) else 0
 
 
+_SIMDJSON_MAX_LEN = (1 << 24) - 1
+"""simdjson's DOM counts an array's elements in 24 bits: `len()` stops at this, and pysimdjson's `as_list()` on
+a longer array returns too few items and then corrupts the heap (the process aborts). Such arrays are read
+by their buffer only, or the body goes to orjson."""
+
+
 def _numbers(array: Any) -> Any:
     """A flat simdjson array of numbers as int64 or float64 numpy; anything else as Python lists."""
     first = array[0]  # all integers can only start with one; trying int64 first costs an exception
@@ -355,6 +361,8 @@ def _numbers(array: Any) -> Any:
             return np.frombuffer(array.as_buffer(of_type=kind), dtype=dtype)
         except (TypeError, ValueError, OverflowError):
             continue
+    if len(array) >= _SIMDJSON_MAX_LEN:
+        raise _Unreadable
     return array.as_list()
 
 

@@ -442,3 +442,17 @@ def test_the_decompression_limit_holds_across_members() -> None:
     with pytest.raises(PayloadTooLarge):
         codec.decompress(bomb, "gzip", 1 << 20)
     assert codec.decompress(DOC, None, 10) == DOC  # identity: the body limit applies elsewhere
+
+
+def test_arrays_longer_than_simdjson_counts_are_read_whole() -> None:
+    """simdjson counts an array's elements in 24 bits; past 2^24 - 1 its list conversion returned too few items
+    and then aborted the process (heap corruption). Such arrays are read in full, or refused, never cut short."""
+    n = (1 << 24) + 1
+    for body in (
+        b'{"input": [' + b"0," * (n - 1) + b'{}], "target": [1.0]}',  # not all numbers: read by orjson
+        b'{"input": [' + b"0," * (n - 1) + b'0], "target": [1.0]}',  # all numbers: simdjson's buffer
+    ):
+        value = codec.loads(body)
+        assert len(value["input"]) == n
+    with pytest.raises(InvalidTensor):
+        codec.decode_tensor(codec.loads(b'{"input": [' + b"0," * (n - 1) + b"{}]}")["input"], "input")
