@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.api.edge import AccessLog
 from service.api.metrics import Metrics
-from service.codec import decompress
+from service.codec import decompress, parse_overhead
 from service.config import Settings
 from service.dataplane import DataPlane, Job
 from service.errors import ComputeTimeout, DeviceFailure, Overloaded, UnsupportedMediaType
@@ -95,7 +95,13 @@ class AppState:
             usable = False
         return None if usable else "the compute device is not usable"
 
-    async def compute(self, body: bytes, content_encoding: str | None, job: Callable[[bytes], Job[T]]) -> T:
+    async def compute(
+        self,
+        body: bytes,
+        content_encoding: str | None,
+        job: Callable[[bytes], Job[T]],
+        hold: Callable[[int], None] | None = None,
+    ) -> T:
         """Decode, validate and compute a request body where its cost says it belongs.
 
         A small plain body is decoded and validated right here (its size bounds that work); the job it
@@ -106,6 +112,8 @@ class AppState:
         (503 with Retry-After) rather than piling up; after `request_timeout_s` the request gets a 504.
         A computation predicted to build more than `isolate_work_bytes` runs in a worker process, which
         the timeout kills (its CPU and memory come back at once); smaller ones finish in their thread.
+        A body read in a thread first `hold`s what reading it will build besides its bytes (its inflated size,
+        the lists of nested JSON arrays) against the app's in-flight bound: past it, 503 or 413.
         """
         settings = self.settings
         plain = content_encoding is None or content_encoding.strip().lower() == "identity"
@@ -117,7 +125,10 @@ class AppState:
                 return await self._in_thread(partial(self._run, ready), weight=gradient_weight(body))
 
             def inflate_and_run(cancel: Cancel) -> T:
-                return self._run(job(decompress(body, content_encoding, settings.max_body_bytes)), cancel)
+                data = body if plain else decompress(body, content_encoding, settings.max_body_bytes)
+                if hold is not None:
+                    hold(len(data) - len(body) + parse_overhead(data))
+                return self._run(job(data), cancel)
 
             return await self._in_thread(inflate_and_run, weight=gradient_weight(body))
         except DeviceFailure:

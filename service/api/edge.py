@@ -14,6 +14,7 @@ import hmac
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -76,11 +77,10 @@ class Edge:
                 info["bytes_out"] += len(message.get("body", b""))
             await send(message)
 
-        inflight = self.inflight
-        held = 0  # body bytes this request holds of the in-flight bound
+        share = self.inflight.share()  # this request's bytes of the in-flight bound
+        info["hold"] = share.take  # what reading the body will build besides its bytes (see `InflightBytes`)
 
         async def counted_receive() -> Message:
-            nonlocal held
             message = await receive()
             if message["type"] == "http.request":
                 info["bytes_in"] += len(message.get("body", b""))
@@ -88,17 +88,16 @@ class Edge:
                     raise PayloadTooLarge(
                         f"the request body exceeds the limit of {limit} bytes", limit=limit, actual=info["bytes_in"]
                     )
-                if info["bytes_in"] > held:  # a chunked body (or one longer than declared) counts as it comes
-                    inflight.take(info["bytes_in"] - held)
-                    held = info["bytes_in"]
+                if info["bytes_in"] > share.body:  # a chunked body (or one longer than declared) counts as it comes
+                    share.take(info["bytes_in"] - share.body)
+                    share.body = info["bytes_in"]
             return message
 
         self.metrics.in_flight += 1
         try:
             refusal = self._refusal(scope["path"], headers)
             if refusal is None and (declared := _declared(headers)):
-                refusal = inflight.admit(declared)
-                held = declared if refusal is None else 0
+                refusal = share.admit(declared)
             if refusal is not None:
                 self.metrics.rejections.labels(reason=refusal.slug).inc()
                 await render(refusal, protocol_of(scope["path"]))(scope, receive, send_with_id)
@@ -128,7 +127,7 @@ class Edge:
             detail = f"the server failed to handle this request; quote request id {request_id}"
             await render(InternalError(detail), protocol_of(scope["path"]))(scope, receive, send_with_id)
         finally:
-            inflight.give_back(held)
+            share.close()
             self.metrics.in_flight -= 1
             self._record(scope, info, time.perf_counter() - start)
 
@@ -187,37 +186,77 @@ def _declared(headers: dict[bytes, bytes]) -> int:
 
 
 class InflightBytes:
-    """The request body bytes the app holds at once, bounded: a body that would pass the bound is refused
-    (503, Retry-After) before it is read. A declared `Content-Length` is taken whole when the request
-    arrives; a chunked body is taken as its chunks arrive."""
+    """The memory that request bodies hold at once, bounded. Each request takes its `share`: its declared
+    `Content-Length` when it arrives (a body that would pass the bound is refused, 503 with Retry-After,
+    before it is read), a chunked body as it comes, and then what reading it builds besides its bytes (an
+    inflated gzip body, the Python lists of nested JSON arrays), taken by the worker thread that reads it.
+    A share is given back when its request is answered; a thread abandoned at a timeout takes nothing after."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0
+        self._lock = threading.Lock()
 
-    def admit(self, nbytes: int) -> Overloaded | None:
-        """Take `nbytes` for a declared body, or say why not."""
-        if self.held + nbytes > self.limit:
-            return self._refusal(nbytes)
-        self.held += nbytes
-        return None
+    def share(self) -> InflightShare:
+        return InflightShare(self)
 
-    def take(self, nbytes: int) -> None:
-        """Take `nbytes` more of a body as it arrives; raises `Overloaded` past the bound."""
-        if self.held + nbytes > self.limit:
-            raise self._refusal(nbytes)
-        self.held += nbytes
-
-    def give_back(self, nbytes: int) -> None:
-        self.held -= nbytes
-
-    def _refusal(self, nbytes: int) -> Overloaded:
+    def _refusal(self, nbytes: int, held: int) -> LossdError:
+        if nbytes > self.limit:
+            return PayloadTooLarge(
+                f"reading this request would hold about {nbytes} bytes (its body, inflated, and the arrays its JSON "
+                f"builds); the limit for all requests together is {self.limit} (LOSSD_MAX_INFLIGHT_BYTES): send "
+                "tensors as flat data or base64",
+                limit=self.limit,
+                actual=nbytes,
+            )
         return Overloaded(
-            f"{self.held} bytes of request bodies are being received or processed; {nbytes} more would pass "
+            f"{held} bytes of request bodies are being received or processed; {nbytes} more would pass "
             f"the limit of {self.limit} (LOSSD_MAX_INFLIGHT_BYTES): retry shortly",
             limit=self.limit,
-            actual=self.held + nbytes,
+            actual=held + nbytes,
         )
+
+
+class InflightShare:
+    """One request's bytes of the in-flight bound (taken from any thread, under the bound's lock)."""
+
+    def __init__(self, bound: InflightBytes):
+        self.bound = bound
+        self.bytes = 0
+        self.body = 0
+        """Of `bytes`, those of the body as received (declared, or counted as it came)."""
+        self.closed = False
+
+    def admit(self, declared: int) -> LossdError | None:
+        """Take a declared body's bytes, or say why not."""
+        refusal = self._take(declared)
+        if refusal is None:
+            self.body = declared
+        return refusal
+
+    def take(self, nbytes: int) -> None:
+        """Take `nbytes` more; raises the refusal past the bound. Nothing once the request is answered."""
+        refusal = self._take(nbytes)
+        if refusal is not None:
+            raise refusal
+
+    def _take(self, nbytes: int) -> LossdError | None:
+        bound = self.bound
+        with bound._lock:
+            if self.closed or nbytes <= 0:
+                return None
+            held = bound.held
+            if held + nbytes <= bound.limit:
+                bound.held += nbytes
+                self.bytes += nbytes
+                return None
+        return bound._refusal(nbytes, held)
+
+    def close(self) -> None:
+        with self.bound._lock:
+            self.closed = True
+            self.bound.held -= self.bytes
+            self.bytes = 0
 
 
 class RequestIds:

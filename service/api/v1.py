@@ -49,7 +49,7 @@ class LossEndpoint:
         require_json(headers[0])
         scope["lossd"] |= {"loss": spec.name, "route": LOSS_ROUTE}
         body = await read_body(receive)
-        out = await state.compute(body, headers[1], partial(state.plane.loss, spec))
+        out = await state.compute(body, headers[1], partial(state.plane.loss, spec), scope["lossd"]["hold"])
         await send_json(send, out)
 
 
@@ -86,7 +86,7 @@ def build_router() -> APIRouter:
         require_json(request.headers.get("content-type"))
         body = await request.body()
         job = partial(state.plane.evaluate, describe=problem_body)
-        out = await state.compute(body, request.headers.get("content-encoding"), job)
+        out = await state.compute(body, request.headers.get("content-encoding"), job, request.scope["lossd"]["hold"])
         return Response(out, media_type="application/json")
 
     return router

@@ -95,7 +95,7 @@ async def infer(request: Request, state: StateDep, name: str, version: str | Non
     body = await request.body()
     job = partial(oip.infer, state.plane, spec, header_length=request.headers.get("inference-header-content-length"))
     encoding = request.headers.get("content-encoding")
-    out, header_length = await state.compute(body, encoding, job)
+    out, header_length = await state.compute(body, encoding, job, request.scope["lossd"]["hold"])
     out, encoding = compress(out, request.headers.get("accept-encoding")) if len(out) >= 1024 else (out, None)
     headers = {"Content-Encoding": encoding} if encoding else {}
     if header_length is None:

@@ -3,6 +3,8 @@ settings that could never admit a request."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 from collections.abc import Callable
 
@@ -114,3 +116,26 @@ def test_gradient_requests_are_admitted_with_the_smallest_settings(make_client: 
     response = client.post("/v1/losses/mse", json=SMALL | {"return_grad": True})
     assert response.status_code == 200, response.text
     _still_correct(client)
+
+
+def test_what_reading_a_body_builds_counts_against_the_inflight_bound(make_client: Callable[..., TestClient]) -> None:
+    """A small gzip body that inflates to 100,000 empty JSON arrays (Python lists once parsed): its inflated
+    size and its arrays count against LOSSD_MAX_INFLIGHT_BYTES, so it is refused before it is parsed."""
+    client = make_client(max_body_bytes=2**20, max_inflight_bytes=2 * 2**20)
+    hostile = gzip.compress(b'{"input": [' + b"[]," * 100_000 + b'[]], "target": [1.0]}')
+    response = client.post(
+        "/v1/losses/mse", content=hostile, headers={"content-type": "application/json", "content-encoding": "gzip"}
+    )
+    assert response.status_code == 413, response.text[:300]
+    assert "LOSSD_MAX_INFLIGHT_BYTES" in response.json()["detail"]
+    assert response.json()["actual"] > 100_000 * 64
+    fine = gzip.compress(json.dumps(SMALL).encode() + b" " * 100_000)
+    response = client.post(
+        "/v1/losses/mse", content=fine, headers={"content-type": "application/json", "content-encoding": "gzip"}
+    )
+    assert response.status_code == 200, response.text[:300]
+    wire.assert_same(response.json()["loss"], F.mse_loss(torch.tensor(SMALL["input"]), torch.tensor(SMALL["target"])))
+    edge = client.app.middleware_stack  # type: ignore[attr-defined]
+    while not hasattr(edge, "inflight"):
+        edge = edge.app
+    assert edge.inflight.held == 0  # every share given back
