@@ -66,6 +66,8 @@ IDLE, HEAD, BODY, CLOSED = 0, 1, 2, 3
 latest one has arrived); a request head arriving; a request body arriving; closed or handed over, so that
 nothing it receives is read any more."""
 
+EVICT_AFTER_S = 1.0
+"""At the connection limit, a connection that has waited this long on its client may be closed for a new one."""
 _SLACK_S = 0.001
 """A deadline within this of the loop's clock (which has millisecond resolution under uvloop) has passed."""
 
@@ -120,7 +122,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
     # Connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self.max_connections:
+        if len(self.connections) >= self.max_connections and not self._evict_slowest():
             self.transport = transport
             self._phase = CLOSED
             self.logger.debug("Connection refused: %d connections open.", len(self.connections))
@@ -310,12 +312,46 @@ class LossdHttpProtocol(HttpToolsProtocol):
                 return
         self._timer = self.loop.call_at(min(due, now + self._period()), self._check_deadline)
 
+    def _evict_slowest(self) -> bool:
+        """At the connection limit, make room by closing the connection that has waited longest (at least
+        `EVICT_AFTER_S`) on its client: idle, or still sending its request. Connections being answered are
+        never closed. So clients that hold connections open without sending cannot lock others out: they
+        lose their oldest connection to each new one. False when no connection qualifies."""
+        now = self.loop.time()
+        victim, oldest = None, now - min(EVICT_AFTER_S, self.read_timeout_s, self.keep_alive_s)
+        for other in self.connections:
+            if isinstance(other, LossdHttpProtocol) and other._since <= oldest and other._waiting_on_client():
+                victim, oldest = other, other._since
+        if victim is None:
+            return False
+        self.logger.debug("Connection limit reached: closing the connection that waited longest on its client.")
+        if victim._phase == IDLE:
+            victim._stop()
+            victim.transport.close()
+        else:
+            detail = (
+                f"the request was still arriving when the server, at its limit of {self.max_connections} "
+                "connections (LOSSD_MAX_CONNECTIONS), needed the connection that waited longest on its client"
+            )
+            victim._read_timed_out(detail)
+        return True
+
+    def _waiting_on_client(self) -> bool:
+        """Idle, or receiving a request, with nothing of the server's own in progress on the connection."""
+        if self._phase == CLOSED or self.transport.is_closing() or self.flow.read_paused:
+            return False
+        cycle = self.cycle
+        if self._phase == BODY:
+            return cycle is not None and not cycle.response_started and not cycle.waiting_for_100_continue
+        return not self.pipeline and (cycle is None or cycle.response_complete)
+
     def _period(self) -> float:
         """The longest the timer waits: the shortest deadline of a phase."""
         return min(self.keep_alive_s, self.read_timeout_s)
 
-    def _read_timed_out(self) -> None:
-        """408, and close: the request (head or body) has not all arrived within `read_timeout_s`."""
+    def _read_timed_out(self, detail: str | None = None) -> None:
+        """408, and close: the request (head or body) has not all arrived within `read_timeout_s` (or
+        `detail` says why else it was cut off)."""
         cycle = self.cycle if self._phase == BODY else None
         self.logger.debug("Request not received within %s s: connection closed.", self.read_timeout_s)
         if cycle is not None and cycle.response_started:
@@ -327,7 +363,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
             cycle.message_event.set()
         part = "body" if self._phase == BODY else "header"
         limit = f"{self.read_timeout_s:g} s"
-        detail = f"the request was not received within {limit} of its first byte (LOSSD_READ_TIMEOUT_S)"
+        detail = detail or f"the request was not received within {limit} of its first byte (LOSSD_READ_TIMEOUT_S)"
         self._write_and_close(408, _problem(RequestTimeout(detail, loc=(part,))))
 
     # Refusals

@@ -397,3 +397,39 @@ def test_open_files_limit_fits_the_connections(soft: int, hard: int, expected: i
     assert run.returncode == 0, run.stderr
     assert int(run.stdout) == expected
     assert ("LOSSD_MAX_CONNECTIONS=600" in run.stderr) == (expected < 856), run.stderr
+
+
+def test_slow_senders_at_the_limit_give_way_to_new_clients() -> None:
+    """Connections held open by a client that sends slowly (long read and keep-alive deadlines here) fill the
+    limit; a new client still gets its answer: the connection that waited longest on its client is closed (408)
+    to make room. Connections younger than a second are kept (a burst is refused with 503 instead)."""
+    url, proc = start_server(LOSSD_MAX_CONNECTIONS="10", LOSSD_READ_TIMEOUT_S="30", LOSSD_KEEP_ALIVE_S="30")
+    split = urlsplit(url)
+    assert split.hostname is not None
+    assert split.port is not None
+    address = (split.hostname, split.port)
+    slow = [socket.create_connection(address, timeout=PROMPT_S) for _ in range(10)]
+    try:
+        for sock in slow:
+            sock.sendall(HEAD_START)  # a request head that never ends
+        time.sleep(1.5)
+        for _ in range(3):  # each new client takes the place of the oldest slow sender
+            response = httpx.post(f"{url}/v1/losses/mse", json=MSE, timeout=PROMPT_S)
+            assert response.status_code == 200, response.text
+            expected = F.mse_loss(torch.tensor(MSE["input"]), torch.tensor(MSE["target"]))
+            assert response.json()["loss"] == expected.item()
+        evicted = []
+        for sock in slow:
+            sock.settimeout(0.2)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if data:
+                evicted.append(data)
+        assert evicted, "no slow sender was closed to make room"
+        assert all(data.startswith(b"HTTP/1.1 408") for data in evicted), evicted[0][:200]
+    finally:
+        for sock in slow:
+            sock.close()
+        stop_server(proc)
