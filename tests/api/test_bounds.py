@@ -139,3 +139,29 @@ def test_what_reading_a_body_builds_counts_against_the_inflight_bound(make_clien
     while not hasattr(edge, "inflight"):
         edge = edge.app
     assert edge.inflight.held == 0  # every share given back
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_a_small_ctc_body_that_would_build_gigabytes_is_refused(client: TestClient, encoding: str | None) -> None:
+    """ctc with T=20,000 and S=10,000 (a few hundred KB, a few KB gzipped): torch's alpha and beta tables are
+    T x (2S+1) each, 3.2 GB with the gradient. The cost model predicts them and the request is refused before
+    torch runs, naming the table; plain or compressed, it makes no difference."""
+    t, s = 20_000, 10_000
+    body = {
+        "log_probs": {"data": [-0.6931] * (t * 2), "shape": [t, 1, 2]},
+        "targets": [[1] * s],
+        "input_lengths": [t],
+        "target_lengths": [s],
+        "return_grad": True,
+    }
+    content = json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    if encoding:
+        content, headers = gzip.compress(content), headers | {"content-encoding": encoding}
+    response = client.post("/v1/losses/ctc", content=content, headers=headers)
+    assert response.status_code == 413, response.text[:300]
+    problem = response.json()
+    assert "alpha" in problem["detail"]
+    assert problem["actual"] >= t * (2 * s + 1)  # the table alone passes the per-tensor limit
+    assert problem["limit"] == 2**26
+    _still_correct(client)
