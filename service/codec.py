@@ -370,7 +370,7 @@ ARRAY_BYTES = 64
 """What one JSON array may cost once parsed into Python lists (a list object and a reference to it)."""
 
 
-def parse_overhead(body: bytes) -> int:
+def parse_overhead(body: bytes | memoryview) -> int:
     """The most memory parsing `body` may build besides its bytes: `ARRAY_BYTES` per JSON array (nested
     arrays become Python lists; `[[],[],...]` builds 22M of them from 64 MB). Counted in 4 MiB chunks by
     numpy, which lets other threads (the event loop) run between them."""

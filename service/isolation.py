@@ -89,12 +89,19 @@ class Cancel:
             if self._worker is not None:
                 self._worker.kill("timeout")
 
-    def _attach(self, worker: _Worker | None) -> None:
-        """Hold `worker` (None: let go); a request already cancelled gets no worker."""
+    def check(self) -> None:
+        """Raise if the request timed out: it gets no worker any more."""
+        if self.cancelled:
+            raise ComputeTimeout("the request timed out before it could compute")
+
+    def _attach(self, worker: _Worker) -> None:
         with self._lock:
-            if worker is not None and self.cancelled:
-                raise ComputeTimeout("the request timed out before it could compute")
+            self.check()
             self._worker = worker
+
+    def _release(self) -> None:
+        with self._lock:
+            self._worker = None
 
 
 class WorkerPool:
@@ -122,14 +129,13 @@ class WorkerPool:
     def execute(self, task: Task, cancel: Cancel | None = None) -> compute.LossResult:
         """Run `task` in a worker process; blocks the calling thread until it answers or is killed."""
         cancel = cancel or Cancel()
-        if cancel.cancelled:  # timed out while it was read and planned: no worker to start for it
-            raise ComputeTimeout("the request timed out before it could compute")
+        cancel.check()  # timed out while it was read and planned: no worker to start for it
         worker = self._borrow()
         try:
             cancel._attach(worker)
             return worker.run(task)
         finally:
-            cancel._attach(None)
+            cancel._release()
             self._give_back(worker)
 
     def close(self) -> None:

@@ -101,6 +101,7 @@ class AppState:
         content_encoding: str | None,
         job: Callable[[bytes], Job[T]],
         hold: Callable[[int], None] | None = None,
+        json_length: int | None = None,
     ) -> T:
         """Decode, validate and compute a request body where its cost says it belongs.
 
@@ -113,7 +114,8 @@ class AppState:
         A computation predicted to build more than `isolate_work_bytes` runs in a worker process, which
         the timeout kills (its CPU and memory come back at once); smaller ones finish in their thread.
         A body read in a thread first `hold`s what reading it will build besides its bytes (its inflated size,
-        the lists of nested JSON arrays) against the app's in-flight bound: past it, 503 or 413.
+        the lists of nested JSON arrays) against the app's in-flight bound: past it, 503 or 413. Only the first
+        `json_length` bytes are JSON when binary tensor data follows (the Open Inference Protocol).
         """
         settings = self.settings
         plain = content_encoding is None or content_encoding.strip().lower() == "identity"
@@ -127,7 +129,8 @@ class AppState:
             def inflate_and_run(cancel: Cancel) -> T:
                 data = body if plain else decompress(body, content_encoding, settings.max_body_bytes)
                 if hold is not None:
-                    hold(len(data) - len(body) + parse_overhead(data))
+                    text = data if json_length is None else memoryview(data)[:json_length]
+                    hold(len(data) - len(body) + parse_overhead(text))
                 return self._run(job(data), cancel)
 
             return await self._in_thread(inflate_and_run, weight=gradient_weight(body))
@@ -233,10 +236,10 @@ async def read_body(receive: Receive) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def send_json(send: Send, body: bytes, status: int = 200) -> None:
-    """A complete `application/json` response."""
+async def send_json(send: Send, body: bytes) -> None:
+    """A complete `200 application/json` response."""
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

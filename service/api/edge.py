@@ -109,11 +109,6 @@ class Edge:
                 with contextlib.suppress(Exception):
                     await render(gone, protocol_of(scope["path"]))(scope, receive, send_with_id)
             raise
-        except Overloaded as exc:  # a chunked body that passed the in-flight bound while arriving
-            if info["status"]:
-                raise
-            self.metrics.rejections.labels(reason=exc.slug).inc()
-            await render(exc, protocol_of(scope["path"]))(scope, receive, send_with_id)
         except Exception as exc:  # the route's handlers render every expected error: this is a bug
             log.error(
                 "unexpected error on %s %s",

@@ -93,9 +93,11 @@ async def infer(request: Request, state: StateDep, name: str, version: str | Non
     request.scope["lossd"] |= {"loss": spec.name, "route": "/v2/models/{name}/infer"}
     require_json(request.headers.get("content-type"), binary=True)
     body = await request.body()
-    job = partial(oip.infer, state.plane, spec, header_length=request.headers.get("inference-header-content-length"))
+    declared = request.headers.get("inference-header-content-length")
+    job = partial(oip.infer, state.plane, spec, header_length=declared)
     encoding = request.headers.get("content-encoding")
-    out, header_length = await state.compute(body, encoding, job, request.scope["lossd"]["hold"])
+    json_length = int(declared) if declared is not None and declared.isdigit() else None
+    out, header_length = await state.compute(body, encoding, job, request.scope["lossd"]["hold"], json_length)
     out, encoding = compress(out, request.headers.get("accept-encoding")) if len(out) >= 1024 else (out, None)
     headers = {"Content-Encoding": encoding} if encoding else {}
     if header_length is None:
