@@ -604,6 +604,13 @@ def _dotted(loc: Loc) -> str:
 # --- encoding -------------------------------------------------------------------------------------
 
 
+def number(value: float) -> float | str:
+    """A float as a JSON value: itself, or "NaN", "Infinity", "-Infinity"."""
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+
+
 def encode_tensor(t: Tensor, encoding: Encoding = "json") -> Any:
     """A tensor as a JSON value: a number or nested arrays (exact float64 text), or a base64 object."""
     if encoding == "base64":
@@ -614,9 +621,7 @@ def encode_tensor(t: Tensor, encoding: Encoding = "json") -> Any:
         }
     if t.ndim == 0:  # a reduced loss: .item() is the exact value as a Python float (or int)
         value = t.item()
-        if isinstance(value, float) and not math.isfinite(value):
-            return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
-        return value
+        return number(value) if isinstance(value, float) else value
     array = t.to(torch.float64 if t.is_floating_point() else torch.int64).numpy()
     if t.is_floating_point() and not np.isfinite(array).all():
         return _with_tokens(array)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from service.errors import DeviceFailure, DtypeMismatch, ResourceExhausted, TorchRejected
+from service.errors import DeviceFailure, DtypeMismatch, ResourceExhausted, ShapeMismatch, TorchRejected
 from service.losses import checks
-from service.losses.registry import LossParams, LossSpec, TensorArg, TensorKind
+from service.losses.registry import LossParams, LossSpec, LossTotals, TensorArg, TensorKind, Terms, Totals
 
 _MAX_EXACT_INDEX = 2.0**53
 """Larger float-valued class indices cannot be told apart from their neighbours."""
@@ -40,6 +41,8 @@ class LossResult:
     grads: dict[str, Tensor] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     device: str = "cpu"
+    stats: LossTotals | None = None
+    """The sufficient statistics of the loss (and per group label), when asked for."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,6 +129,11 @@ def _as_indices(name: str, raw: RawTensor, cast: Cast) -> Tensor:
     return cast(t, torch.int64)
 
 
+def prepare_indices(name: str, raw: RawTensor) -> Tensor:
+    """An integer tensor that is not a loss argument (session group labels), read like class indices."""
+    return _as_indices(name, raw, _cast)
+
+
 def _as_floats(name: str, raw: RawTensor, dtype: torch.dtype, cast: Cast) -> Tensor:
     t = raw.tensor
     if raw.typed and t.dtype != torch.bool:  # booleans (0/1 labels) take the float dtype like untyped numbers
@@ -174,12 +182,15 @@ def compute(
     grad_wrt: Sequence[str] = (),
     device: torch.device | None = None,
     place: Callable[[Tensor], Tensor] | None = None,
+    stats: bool = False,
+    groups: Tensor | None = None,
 ) -> LossResult:
     """Pre-validate `tensors` (CPU), run the loss on `device`, and differentiate w.r.t. `grad_wrt`.
 
     Gradients of a non-scalar loss (`reduction="none"`) are taken with an upstream gradient of ones,
     i.e. they are the gradients of the sum of the per-element losses. `place` moves a tensor to the
-    device (/v1/evaluate passes a caching one, so shared tensors are copied once).
+    device (/v1/evaluate passes a caching one, so shared tensors are copied once). With `stats`, the
+    result also holds the loss's sufficient statistics (`sufficient_stats`), per label of `groups` too.
     """
     device = device or torch.device("cpu")
     found = list(spec.check(tensors, params)) if spec.check else []
@@ -199,6 +210,7 @@ def compute(
                 grad if grad is not None else torch.zeros_like(leaf) for leaf, grad in zip(leaves, grads, strict=True)
             ]
             loss, *host_grads = to_host([loss, *filled])
+        totals = sufficient_stats(spec, on_device, params, groups) if stats else None
     except torch.OutOfMemoryError as exc:
         raise ResourceExhausted(f"not enough memory on {device} for this request") from exc
     except torch.AcceleratorError as exc:  # not the client's doing, and the CUDA context is lost for good
@@ -206,4 +218,78 @@ def compute(
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         raise TorchRejected(f"torch rejected the inputs: {exc}") from exc
     grads_by_name = dict(zip(grad_wrt, host_grads, strict=True))
-    return LossResult(loss=loss, grads=grads_by_name, warnings=found, device=str(device))
+    return LossResult(loss=loss, grads=grads_by_name, warnings=found, device=str(device), stats=totals)
+
+
+def sufficient_stats(
+    spec: LossSpec, tensors: Mapping[str, Tensor], params: LossParams, groups: Tensor | None = None
+) -> LossTotals:
+    """The loss's sufficient statistics by its declared rule (`StatsRule`): from its `reduction="none"`
+    result, S, W and n in float64, such that the loss is S / W for its mean and S for its sum; they add up
+    over batches. With `groups` (one integer label per sample, along dim 0 of the per-element loss), the
+    same per label. Stats for `reduction="none"` are those of the mean."""
+    with torch.no_grad():
+        per_element = spec(tensors, with_reduction(params, "none"))
+        rule_params = with_reduction(params, "mean") if params.reduction == "none" else params
+        terms = spec.stats.terms(tensors, rule_params, per_element)
+        values = terms.values.double()
+        if terms.counted is None and terms.weight is None:  # W = n = the number of terms: one sync, not three
+            n = values.numel()
+            out = LossTotals(Totals(values.sum().item(), float(n), n))
+        else:
+            count = terms.counted.sum().double() if terms.counted is not None else values.new_tensor(values.numel())
+            weight = terms.weight.double().sum() if terms.weight is not None else count
+            s, w, c = torch.stack([values.sum(), weight, count]).tolist()
+            out = LossTotals(Totals(s, w, int(c)))
+        if groups is not None:
+            out.groups = _group_totals(terms, values, groups)
+    return out
+
+
+class _Reduction:
+    """A loss's parameters with another `reduction`, the rest read through (a pydantic copy costs 15 us)."""
+
+    __slots__ = ("_params", "reduction")
+
+    def __init__(self, params: LossParams, reduction: str):
+        self._params = params
+        self.reduction = reduction
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._params, name)
+
+
+def with_reduction(params: LossParams, reduction: str) -> LossParams:
+    """`params` with `reduction` in place of its own, for the loss's function and cost model."""
+    return cast(LossParams, _Reduction(params, reduction))
+
+
+def _group_totals(terms: Terms, values: Tensor, groups: Tensor) -> dict[str, Totals]:
+    """Totals per group label: each sample's terms (along dim 0) summed into its label's."""
+    samples = values.shape[0] if values.ndim else None
+    weight, counted = terms.weight, terms.counted
+    if samples is None or tuple(groups.shape) != (samples,):
+        expected = f"({samples},): one integer label per sample" if samples is not None else "absent"
+        raise ShapeMismatch(
+            f"groups must be {expected} (along dim 0 of the per-element loss, of shape {list(values.shape)}); "
+            f"got shape {list(groups.shape)}",
+            loc=("groups",),
+        )
+    for name, t in (("weight", weight), ("counted terms", counted)):
+        if t is not None and (t.ndim == 0 or t.shape[0] != samples):
+            raise ShapeMismatch(
+                f"groups cannot split this loss: its {name} of shape {list(t.shape)} do not run along the "
+                f"per-element loss's dim 0 ({samples} samples)",
+                loc=("groups",),
+            )
+    labels, inverse = torch.unique(groups.to(values.device), return_inverse=True)
+
+    def per_label(x: Tensor) -> Tensor:
+        rows = x.double().reshape(samples, -1).sum(1)
+        return torch.zeros(len(labels), dtype=torch.float64, device=x.device).index_add_(0, inverse, rows)
+
+    each = values[0].numel() if samples else 0
+    n = per_label(counted) if counted is not None else per_label(torch.full((samples,), each, device=values.device))
+    w = per_label(weight) if weight is not None else n
+    rows = torch.stack([per_label(values), w, n], dim=1).tolist()
+    return {str(label): Totals(s, w_, int(c)) for label, (s, w_, c) in zip(labels.tolist(), rows, strict=True)}

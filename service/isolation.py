@@ -52,6 +52,8 @@ KEEP_ARENA_BYTES = 64 * 2**20
 WATCH_INTERVAL_S = 0.005
 """How often the watchdog reads the busy workers' memory."""
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_GROUPS = "\0groups"
+"""The inbox name of a task's group labels (no tensor argument has a NUL in its name)."""
 
 
 @dataclass(slots=True)
@@ -66,9 +68,15 @@ class Task:
     place: Callable[[Tensor], Tensor] | None = None
     """How a tensor reaches the device in this process (/v1/evaluate caches shared tensors); workers place
     their own."""
+    stats: bool = False
+    """Whether the result holds the loss's sufficient statistics."""
+    groups: Tensor | None = None
+    """Group labels of the samples, for per-group statistics."""
 
     def run_here(self, device: torch.device) -> compute.LossResult:
-        return compute.compute(self.spec, self.tensors, self.params, self.grad_wrt, device, self.place)
+        return compute.compute(
+            self.spec, self.tensors, self.params, self.grad_wrt, device, self.place, self.stats, self.groups
+        )
 
     def loss_params(self) -> dict[str, Any]:
         """The loss's own parameters (not the request's tensors or options), to rebuild them in a worker."""
@@ -329,7 +337,8 @@ class _Worker:
         self.conn.close()
 
     def run(self, task: Task) -> compute.LossResult:
-        tensors = [t.contiguous() for t in task.tensors.values()]
+        inputs = {**task.tensors, **({_GROUPS: task.groups} if task.groups is not None else {})}
+        tensors = [t.contiguous() for t in inputs.values()]
         try:
             needed = _needed(tensors)
             if self.inbox is None or self.inbox.size < needed:
@@ -337,8 +346,8 @@ class _Worker:
                 self.conn.send(("inbox", self.inbox.size))
                 send_handle(self.conn, self.inbox.fd, self.pid)
                 self.inbox.close_fd()
-            metas = dict(zip(task.tensors, self.inbox.write(tensors), strict=True))
-            self.conn.send(("run", task.spec.name, task.loss_params(), list(task.grad_wrt), metas))
+            metas = dict(zip(inputs, self.inbox.write(tensors), strict=True))
+            self.conn.send(("run", task.spec.name, task.loss_params(), list(task.grad_wrt), task.stats, metas))
             while True:
                 reply = self.conn.recv()
                 if reply[0] == "outbox":
@@ -353,13 +362,13 @@ class _Worker:
                 self._drop("inbox")
         if reply[0] == "error":
             raise reply[1]
-        _, loss_meta, grad_metas, warnings, device = reply
+        _, loss_meta, grad_metas, warnings, device, stats = reply
         assert self.outbox is not None
         loss = self.outbox.view(*loss_meta).clone()
         grads = {name: self.outbox.view(*meta).clone() for name, meta in grad_metas.items()}
         if self.outbox.size > KEEP_ARENA_BYTES:
             self._drop("outbox")
-        return compute.LossResult(loss=loss, grads=grads, warnings=warnings, device=device)
+        return compute.LossResult(loss=loss, grads=grads, warnings=warnings, device=device, stats=stats)
 
     def _drop(self, which: str) -> None:
         """Give back a large arena: both sides unmap it, and its memory returns to the system."""
@@ -402,9 +411,9 @@ def _serve(conn: Connection, device_name: str, torch_threads: int) -> None:
         elif kind == "drop":
             boxes[message[1]] = None
         elif kind == "run":
-            _, name, params, grad_wrt, metas = message
+            _, name, params, grad_wrt, stats, metas = message
             try:
-                reply = _compute(REGISTRY.get(name), params, grad_wrt, metas, boxes, device, conn, parent)
+                reply = _compute(REGISTRY.get(name), params, grad_wrt, stats, metas, boxes, device, conn, parent)
             except LossdError as exc:
                 reply = ("error", exc)
             except Exception as exc:  # a bug: reported as a failed computation, the worker lives on
@@ -420,6 +429,7 @@ def _compute(
     spec: LossSpec,
     params: dict[str, Any],
     grad_wrt: list[str],
+    stats: bool,
     metas: dict[str, tuple[str, tuple[int, ...], int]],
     boxes: dict[str, _Arena | None],
     device: torch.device,
@@ -429,8 +439,10 @@ def _compute(
     inbox = boxes["inbox"]
     assert inbox is not None
     tensors = {name: inbox.view(*meta) for name, meta in metas.items()}
-    result = compute.compute(spec, tensors, spec.params.model_construct(**params), grad_wrt, device)
-    del tensors
+    groups = tensors.pop(_GROUPS, None)
+    p = spec.params.model_construct(**params)
+    result = compute.compute(spec, tensors, p, grad_wrt, device, stats=stats, groups=groups)
+    del tensors, groups
     outputs = [result.loss, *result.grads.values()]
     needed = _needed(outputs)
     outbox = boxes["outbox"]
@@ -440,4 +452,5 @@ def _compute(
         send_handle(conn, outbox.fd, parent)
         outbox.close_fd()
     loss_meta, *grad_metas = outbox.write(outputs)
-    return ("ok", loss_meta, dict(zip(result.grads, grad_metas, strict=True)), result.warnings, result.device)
+    grad_meta = dict(zip(result.grads, grad_metas, strict=True))
+    return ("ok", loss_meta, grad_meta, result.warnings, result.device, result.stats)

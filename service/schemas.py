@@ -21,6 +21,12 @@ GRAD_NOTE = (
     "(they are the gradients of the sum of the per-element losses)."
 )
 
+STATS_NOTE = (
+    'true: the response adds "stats": {"sum": S, "weight": W, "count": n}, the loss\'s sufficient statistics in '
+    "float64: the loss is S / W for its mean reduction and S for sum, and sums of S and of W over batches give "
+    "torch's loss over all of them at once. The catalog's `stats` says how each loss decomposes."
+)
+
 TENSOR_SCHEMA: dict[str, Any] = {
     "title": "Tensor",
     "description": (
@@ -94,6 +100,7 @@ class RequestOptions(BaseModel):
     output_encoding: Literal["json", "base64"] = Field(
         "json", description="How response tensors are written: nested JSON arrays, or base64 objects."
     )
+    return_stats: bool = Field(False, description=STATS_NOTE)
 
 
 def request_model(spec: LossSpec) -> type[LossParams]:
@@ -121,6 +128,14 @@ _KIND_WORDS = {
 }
 
 
+class Stats(BaseModel):
+    """A loss's sufficient statistics: the loss is sum / weight for its mean reduction, sum for `sum`."""
+
+    sum: float = Field(description="S: the sum of the loss terms (float64).")
+    weight: float = Field(description="W: the weight the mean divides by (float64).")
+    count: int = Field(description="n: the number of loss terms that entered (ignored targets left out).")
+
+
 class LossEntry(BaseModel):
     """One loss of a /v1/evaluate request: its name, then its parameters as in its own request."""
 
@@ -143,6 +158,73 @@ class EvaluateRequest(BaseModel):
     losses: list[LossEntry] = Field(min_length=1, description="The losses to compute, in order.")
     return_grad: bool | list[str] = Field(False, description="Default of every entry's return_grad.")
     output_encoding: Literal["json", "base64"] = Field("json", description="Default of every entry's output_encoding.")
+    return_stats: bool = Field(False, description="Default of every entry's return_stats.")
+
+
+class SessionCreate(BaseModel):
+    """A new session: its losses (entries as in /v1/evaluate, without `reduction: "none"`), or exported
+    states to merge."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    losses: list[LossEntry] | None = Field(
+        None, description="The losses to accumulate, as /v1/evaluate's entries (name, parameters, tensors)."
+    )
+    from_states: list[dict[str, Any]] | None = Field(
+        None,
+        description="Instead of losses: states from GET /v1/sessions/{id}/state, merged (identical losses, "
+        "no batch id in two states).",
+    )
+    ttl_s: int = Field(86400, ge=1, description="Seconds the session lives after its last batch.")
+
+
+class BatchRequest(BaseModel):
+    """One batch of a session: shared tensors as in /v1/evaluate, its id, and optional group labels."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    batch_id: str = Field(
+        min_length=1, max_length=256, description="The batch's id: a batch id applied before is not applied again."
+    )
+    tensors: dict[str, TensorField] = Field(description="Tensors by name; each loss takes its arguments from here.")
+    groups: TensorField | None = Field(
+        None, description="One integer label per sample (along dim 0 of each per-element loss): per-group values."
+    )
+
+
+class SessionResult(BaseModel):
+    """One loss of a session: its dataset value (float64), stats, and per group when groups were sent."""
+
+    name: str
+    reduction: str
+    loss: float | str | None = Field(description="S / W for a mean, S for a sum (NaN when W is 0).")
+    stats: Stats
+    groups: dict[str, Any] | None = Field(None, description='Per group label: {"loss", "stats"}.')
+
+
+class SessionCreated(BaseModel):
+    """A session created."""
+
+    id: str
+    losses: list[dict[str, Any]] = Field(description="The loss definitions, normalized.")
+    expires_at: str = Field(description="When the session expires without another batch (RFC 3339, UTC).")
+
+
+class SessionView(BaseModel):
+    """A session's dataset values."""
+
+    id: str
+    batches: int = Field(description="Batches applied.")
+    expires_at: str
+    results: list[SessionResult]
+
+
+class BatchResponse(BaseModel):
+    """One batch applied (or recognised as already applied)."""
+
+    batch_id: str
+    duplicate: bool = Field(description="true: this batch id was applied before with the same content; not again.")
+    results: list[SessionResult] = Field(description="This batch's own loss values and stats.")
 
 
 def invalid_request(exc: ValidationError) -> InvalidRequest:
@@ -185,6 +267,7 @@ class LossResponse(BaseModel):
     grad: dict[str, Any] | None = Field(None, description="Gradients by argument name, when asked for.")
     device: str = Field(description="Where the loss was computed: cpu, cuda:0, ...")
     warnings: list[str] | None = Field(None, description="Warnings torch would have printed (e.g. broadcasting).")
+    stats: Stats | None = Field(None, description="The loss's sufficient statistics, with return_stats.")
 
 
 class EvaluateResult(BaseModel):
@@ -200,6 +283,7 @@ class EvaluateResult(BaseModel):
     device: str | None = Field(None, description="Where it was computed, for a result.")
     grad: dict[str, Any] | None = Field(None, description="Gradients by argument name, when asked for.")
     warnings: list[str] | None = Field(None, description="Warnings torch would have printed.")
+    stats: Stats | None = Field(None, description="The loss's sufficient statistics, with return_stats.")
 
 
 class EvaluateResponse(BaseModel):
@@ -251,4 +335,5 @@ def catalog_entry(spec: LossSpec) -> dict[str, Any]:
         "reductions": list(spec.reductions),
         "default_reduction": spec.params.model_fields["reduction"].default,
         "gradients": GRAD_NOTE,
+        "stats": spec.stats.doc,
     }

@@ -14,6 +14,7 @@ from torch import Tensor
 from service.errors import InvalidRequest, ShapeMismatch
 from service.losses import checks
 from service.losses.registry import (
+    CLASS_WEIGHTED,
     REGISTRY,
     Cost,
     LossParams,
@@ -116,6 +117,7 @@ def cross_entropy_cost(spec: LossSpec, shapes: Shapes, p: CrossEntropyParams, gr
     torch_ref="torch.nn.functional.cross_entropy",
     aliases=("CrossEntropyLoss", "cross_entropy_loss"),
     cost=cross_entropy_cost,
+    stats=CLASS_WEIGHTED,
 )
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None, p: CrossEntropyParams) -> Tensor:
     """Cross entropy between logits and class indices or class probabilities.
@@ -159,6 +161,7 @@ def check_nll(t: Mapping[str, Tensor], p: NllParams) -> Sequence[str]:
     check=check_nll,
     torch_ref="torch.nn.functional.nll_loss",
     aliases=("NLLLoss",),
+    stats=CLASS_WEIGHTED,
 )
 def nll(input: Tensor, target: Tensor, weight: Tensor | None, p: NllParams) -> Tensor:
     """Negative log likelihood: -input[target], weighted per class."""
@@ -299,6 +302,7 @@ def check_linear_cross_entropy(t: Mapping[str, Tensor], p: LinearCrossEntropyPar
     torch_ref="torch.nn.functional.linear_cross_entropy",
     aliases=("LinearCrossEntropyLoss",),
     cost=linear_cross_entropy_cost,
+    stats=CLASS_WEIGHTED,
 )
 def linear_cross_entropy(
     input: Tensor,

@@ -23,8 +23,10 @@ from service.losses.registry import (
     LossSpec,
     Reduction,
     Shapes,
+    StatsRule,
     TensorArg,
     TensorKind,
+    Terms,
     elementwise,
     grad_elements,
     input_elements,
@@ -72,6 +74,12 @@ def focal_cost(spec: LossSpec, shapes: Shapes, p: FocalParams, grads: int) -> Co
     return Cost(elements, loss + grad_elements(spec, shapes, grads), scores, "input (its log_softmax)", ("input",))
 
 
+FOCAL_STATS = StatsRule(
+    "S = the sum of the per-element losses, W = n = the number of targets not ignored.",
+    lambda t, p, per_element: Terms(per_element, counted=t["target"] != p.ignore_index),
+)
+
+
 @REGISTRY.loss(
     "focal",
     tensors=(
@@ -94,6 +102,7 @@ def focal_cost(spec: LossSpec, shapes: Shapes, p: FocalParams, grads: int) -> Co
     torch_ref="-alpha_t * (1 - p_t)^gamma * log(p_t), p_t = softmax(input)[target] (Lin et al., 2017)",
     aliases=("focal_loss", "FocalLoss"),
     cost=focal_cost,
+    stats=FOCAL_STATS,
 )
 def focal(input: Tensor, target: Tensor, alpha: Tensor | None, p: FocalParams) -> Tensor:
     """Multi-class softmax focal loss: -alpha_t (1 - p_t)^gamma log(p_t), p_t = softmax(input)[target].

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
@@ -17,7 +18,9 @@ from service.losses.registry import (
     LossParams,
     LossSpec,
     Shapes,
+    StatsRule,
     TensorArg,
+    Terms,
     elementwise,
     elementwise_cost,
 )
@@ -43,6 +46,22 @@ def check_kl_div(t: Mapping[str, Tensor], p: KlDivParams) -> Sequence[str]:
     return [KL_MEAN_WARNING] if p.reduction == "mean" else []
 
 
+def _kl_div_terms(t: Mapping[str, Tensor], p: KlDivParams, per_element: Tensor) -> Terms:
+    if p.reduction != "batchmean" or per_element.ndim == 0:
+        return Terms(per_element)
+    # torch divides the sum by input.size(0): one unit of weight per sample (per row of the result)
+    rows = per_element.shape[0]
+    each = t["input"].shape[0] / rows
+    return Terms(per_element, torch.full((rows,), each, dtype=torch.float64, device=per_element.device))
+
+
+KL_DIV_STATS = StatsRule(
+    "mean: S = the sum of the per-element terms, W = n = their number. batchmean: W = the batch size "
+    "(input's dim 0), n = the number of terms.",
+    _kl_div_terms,
+)
+
+
 @REGISTRY.loss(
     "kl_div",
     tensors=(
@@ -60,6 +79,7 @@ def check_kl_div(t: Mapping[str, Tensor], p: KlDivParams) -> Sequence[str]:
     torch_ref="torch.nn.functional.kl_div",
     cost=elementwise(value=4, backward=5),  # log(target) - input, product, where(): 3 and 3.75 measured
     aliases=("KLDivLoss", "kl_div_loss"),
+    stats=KL_DIV_STATS,
 )
 def kl_div(input: Tensor, target: Tensor, p: KlDivParams) -> Tensor:
     """Kullback-Leibler divergence: target * (log target - input), pointwise."""

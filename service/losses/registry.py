@@ -4,8 +4,9 @@ A loss is declared once with `@REGISTRY.loss(...)` on its compute function. The 
 everything the rest of the service needs to know: torch's argument names, each tensor's kind and
 shape rule, which arguments are differentiable, the pydantic parameter model (its fields are torch's
 keyword arguments, with torch's defaults and bounds), an optional pre-validation `check` that runs
-on the CPU copies of the tensors before torch sees them, and a cost model that predicts, from shapes
-alone, what the call will build (the service schedules and bounds work by it).
+on the CPU copies of the tensors before torch sees them, a cost model that predicts, from shapes
+alone, what the call will build (the service schedules and bounds work by it), and the rule by which
+its mean and sum decompose into sufficient statistics that add up over batches (`StatsRule`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, get_args
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
@@ -189,6 +191,89 @@ def broadcast_cost(spec: LossSpec, shapes: Shapes, params: Any, grads: int) -> C
     return elementwise_cost(spec, shapes, params, grads, value=2, backward=2)
 
 
+@dataclass(frozen=True)
+class Terms:
+    """A loss's terms as its reduction combines them: `sum` gives S = values.sum() and a mean gives
+    S / W, where W = weight.sum() (`weight` None: every counted term weighs 1). `counted` marks the terms
+    that entered (None: all); ignored targets are left out. Tensors whose dim 0 is the batch dimension of
+    the per-element loss (for groups); `weight` may have another shape (per sample, say) with that dim 0."""
+
+    values: Tensor
+    weight: Tensor | None = None
+    counted: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class StatsRule:
+    """How a loss's `mean` and `sum` decompose into sufficient statistics (sum S, weight W, count n) that add
+    up over batches: `terms(tensors, params, per_element)` gets the loss's tensors, its parameters (with the
+    reduction asked for) and its `reduction="none"` result."""
+
+    doc: str
+    terms: Callable[[Mapping[str, Tensor], Any, Tensor], Terms]
+
+
+@dataclass
+class Totals:
+    """Sums of one loss's sufficient statistics: float64 `sum` and `weight`, the `count` of terms."""
+
+    sum: float = 0.0
+    weight: float = 0.0
+    count: int = 0
+
+    def add(self, other: Totals) -> None:
+        self.sum += other.sum
+        self.weight += other.weight
+        self.count += other.count
+
+    def loss(self, reduction: str) -> float:
+        """The dataset's loss: S for `sum`, S / W for a mean (divided by a zero weight as IEEE floats are,
+        as torch does: NaN for 0 / 0)."""
+        if reduction == "sum":
+            return self.sum
+        if self.weight != 0:
+            return self.sum / self.weight
+        return math.nan if self.sum == 0 or math.isnan(self.sum) else math.copysign(math.inf, self.sum)
+
+
+@dataclass
+class LossTotals:
+    """One loss's totals, over everything and per group label (labels are decimal strings)."""
+
+    total: Totals = field(default_factory=Totals)
+    groups: dict[str, Totals] = field(default_factory=dict)
+
+    def add(self, other: LossTotals) -> None:
+        self.total.add(other.total)
+        for label, totals in other.groups.items():
+            self.groups.setdefault(label, Totals()).add(totals)
+
+
+MEAN_OF_ELEMENTS = StatsRule(
+    "S = the sum of the per-element losses (reduction 'none'), W = n = their number.",
+    lambda tensors, params, per_element: Terms(per_element),
+)
+"""The rule of a loss whose mean is the plain mean of its `reduction="none"` result."""
+
+
+def _class_weighted(tensors: Mapping[str, Tensor], params: Any, per_element: Tensor) -> Terms:
+    target, weight = tensors["target"], tensors.get("weight")
+    if target.is_floating_point():  # class probabilities: a plain mean over the samples
+        return Terms(per_element)
+    counted = target != (-100 if params.ignore_index is None else params.ignore_index)  # None: -100, as torch
+    if weight is None:
+        return Terms(per_element, counted=counted)
+    return Terms(per_element, weight[torch.where(counted, target, 0)] * counted, counted)
+
+
+CLASS_WEIGHTED = StatsRule(
+    "With class indices: S = the sum of the per-element losses, W = the summed class weight of the targets "
+    "not ignored (their number without weight), n = their number. With class probabilities: a plain mean.",
+    _class_weighted,
+)
+"""cross_entropy, nll_loss and linear_cross_entropy: torch's `mean` divides by the weight of the counted targets."""
+
+
 def loss_elements(params: Any, elements: int) -> int:
     """Elements of the loss a call returns: `elements` per-element losses for `reduction="none"`, else one."""
     return elements if getattr(params, "reduction", "mean") == "none" else 1
@@ -208,6 +293,7 @@ class LossSpec:
     check: Check | None = None
     aliases: tuple[str, ...] = ()
     cost_model: CostModel = broadcast_cost
+    stats: StatsRule = MEAN_OF_ELEMENTS
 
     def cost(self, shapes: Shapes, params: Any, grads: int = 0) -> Cost:
         """What a call with tensors of `shapes` will build (see `CostModel`)."""
@@ -266,6 +352,7 @@ class Registry:
         torch_ref: str,
         aliases: Sequence[str] = (),
         cost: CostModel = broadcast_cost,
+        stats: StatsRule = MEAN_OF_ELEMENTS,
     ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
         """Decorator declaring a loss. The function's docstring gives the summary (first line) and notes.
 
@@ -291,6 +378,7 @@ class Registry:
                     check=check,
                     aliases=tuple(aliases),
                     cost_model=cost,
+                    stats=stats,
                 )
             )
             return fn

@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import Tensor
 
 from service.losses import checks
-from service.losses.registry import REGISTRY, LossParams, TensorArg, elementwise
+from service.losses.registry import REGISTRY, LossParams, StatsRule, TensorArg, Terms, elementwise
 
 ELEMENTWISE = (
     TensorArg("input", "(*), any number of dimensions", grad=True, doc="Predictions."),
@@ -24,6 +24,18 @@ ELEMENTWISE = (
 WEIGHT = TensorArg(
     "weight", "(*), same shape as input", required=False, doc="Per-element weights; `mean` divides by their sum."
 )
+
+
+def _weighted_terms(t: Mapping[str, Tensor], p: LossParams, per_element: Tensor) -> Terms:
+    weight = t.get("weight")
+    return Terms(per_element) if weight is None else Terms(per_element, weight)
+
+
+WEIGHTED_MEAN = StatsRule(
+    "S = the sum of the per-element losses (weighted), W = the sum of `weight` (n without it), n = their number.",
+    _weighted_terms,
+)
+"""l1 and mse: with `weight`, torch's `mean` divides the weighted sum by the sum of the weights."""
 
 
 def check_elementwise(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
@@ -41,6 +53,7 @@ def check_elementwise(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
     torch_ref="torch.nn.functional.l1_loss",
     cost=elementwise(value=3, backward=3),  # |input - target| (and its sign, backward), weighted: 2 and 2 measured
     aliases=("L1Loss",),
+    stats=WEIGHTED_MEAN,
 )
 def l1(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> Tensor:
     """Mean absolute error: |input - target|, optionally weighted per element."""
@@ -54,6 +67,7 @@ def l1(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> T
     torch_ref="torch.nn.functional.mse_loss",
     cost=elementwise(value=3, backward=4),  # measured 2 and 3 (weighted)
     aliases=("MSELoss",),
+    stats=WEIGHTED_MEAN,
 )
 def mse(input: Tensor, target: Tensor, weight: Tensor | None, p: LossParams) -> Tensor:
     """Mean squared error: (input - target)^2, optionally weighted per element."""

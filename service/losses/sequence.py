@@ -18,8 +18,10 @@ from service.losses.registry import (
     LossParams,
     LossSpec,
     Shapes,
+    StatsRule,
     TensorArg,
     TensorKind,
+    Terms,
     grad_elements,
     input_elements,
     loss_elements,
@@ -101,6 +103,21 @@ def ctc_cost(spec: LossSpec, shapes: Shapes, p: CtcParams, grads: int) -> Cost:
     return Cost(elements, loss + grad_elements(spec, shapes, grads), largest, name, loc)
 
 
+def _ctc_terms(t: Mapping[str, Tensor], p: CtcParams, per_sample: Tensor) -> Terms:
+    if p.reduction == "sum":
+        return Terms(per_sample)
+    # torch's mean: each sample's loss divided by its target length (at least 1), in the loss's dtype
+    lengths = t["target_lengths"].to(per_sample.device, per_sample.dtype).clamp_min(1)
+    return Terms(per_sample / lengths)
+
+
+CTC_STATS = StatsRule(
+    "mean: S = the sum over samples of loss / target length (at least 1), W = n = the number of samples. "
+    "sum: S = the sum of the per-sample losses.",
+    _ctc_terms,
+)
+
+
 @REGISTRY.loss(
     "ctc",
     tensors=(
@@ -121,6 +138,7 @@ def ctc_cost(spec: LossSpec, shapes: Shapes, p: CtcParams, grads: int) -> Cost:
     torch_ref="torch.nn.functional.ctc_loss",
     aliases=("CTCLoss",),
     cost=ctc_cost,
+    stats=CTC_STATS,
 )
 def ctc(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor, p: CtcParams) -> Tensor:
     """Negative log likelihood of the targets summed over all alignments; `mean` divides by target lengths."""
