@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint typecheck pytest openapi docs install install-dev install-browser install-bench bench bench-quick loadtest clean
+.PHONY: serve test lint typecheck pytest openapi docs install install-dev install-browser install-redis install-bench bench bench-quick loadtest clean
 
 $(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,12 +20,17 @@ $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
 	touch $@
 
 install: $(VENV)/.runtime
-install-dev: $(VENV)/.dev install-browser
+install-dev: $(VENV)/.dev install-browser install-redis
 ## install-browser: Debian's chromium (as root, when missing) for tests/e2e/test_browser.py
 install-browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  echo "chromium is not installed: tests/e2e/test_browser.py will fail until it is on PATH"
+## install-redis: Debian's redis-server (as root, when missing) for the session tests against a real Redis
+install-redis:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q redis-server >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1; }; }; } || \
+	  echo "redis-server is not installed: the session tests against Redis will fail until it is on PATH"
 install-bench: $(VENV)/.bench
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; }; }; } || \

@@ -37,7 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,8 @@ class Request:
     content_type: str = "application/json"
     header: str = ""  # one extra "Name: value"
     pattern: str = LOSS_JSON
+    setup: Callable[[str], str] | None = None
+    """Prepares the server (given its base URL) and returns the path to load, instead of `path`."""
 
 
 @dataclass
@@ -226,6 +229,98 @@ def scenarios() -> list[Scenario]:
     expected = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     out.append(Scenario("cross_entropy 65,536x100 + gradient, v2 binary c=2", 2, {"lossd": ce}, expected))
     return out
+
+
+SESSION_LOSSES = [{"name": "mse"}, {"name": "l1"}, {"name": "smooth_l1", "beta": 0.5}]
+EVALUATE = "lossd /v1/evaluate"
+SESSION = "lossd session, in process"
+SESSION_REDIS = "lossd session, Redis"
+SESSION_TARGETS = {SESSION: 0.90, SESSION_REDIS: 0.75}
+"""Batches/s into a session at least this share of /v1/evaluate's req/s on the same tensors."""
+SESSION_ROUNDS = 3
+
+
+def _create_session(base: str) -> str:
+    answer = httpx.post(base + "/v1/sessions", json={"losses": SESSION_LOSSES}, timeout=30)
+    answer.raise_for_status()
+    return f"/v1/sessions/{answer.json()['id']}/batches"
+
+
+def session_scenario() -> Scenario:
+    """N=1,000, three losses: /v1/evaluate against batches into a session (each request a new batch id, which
+    wrk.lua writes in place of @ID@), with sessions in the process and in Redis."""
+    x, y = _vectors(1_000, 11)
+    tensors = {"input": x.astype(np.float64), "target": y.astype(np.float64)}
+    evaluate = orjson.dumps({"tensors": tensors, "losses": SESSION_LOSSES}, option=orjson.OPT_SERIALIZE_NUMPY)
+    batch = orjson.dumps({"batch_id": "@ID@", "tensors": tensors}, option=orjson.OPT_SERIALIZE_NUMPY)
+    expected = F.mse_loss(torch.from_numpy(x), torch.from_numpy(y)).item()
+    requests = {EVALUATE: Request("/v1/evaluate", evaluate)}
+    requests |= {name: Request("", batch, setup=_create_session) for name in (SESSION, SESSION_REDIS)}
+    return Scenario("3 losses N=1,000 JSON nested c=8", 8, requests, expected)
+
+
+def session_runs(seconds: int) -> dict[str, list[Result]]:
+    """/v1/evaluate and the two session stores in alternation, `SESSION_ROUNDS` rounds each; Redis on loopback,
+    started here (a fresh database per run)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.redis_server import RedisServer
+
+    scenario = session_scenario()
+    names = list(scenario.requests)
+    runs: dict[str, list[Result]] = {}
+    for round_ in range(SESSION_ROUNDS):
+        for name in names if round_ % 2 == 0 else reversed(names):
+            port = free_port()
+            server = servers(port)[LOSSD]
+            with tempfile.TemporaryDirectory(prefix="lossd-bench-redis-") as directory:
+                redis = RedisServer(Path(directory)) if name == SESSION_REDIS else None
+                try:
+                    if redis is not None:
+                        redis.start()
+                        server = replace(server, env=server.env | {"LOSSD_REDIS_URL": redis.url})
+                    result = run_one(scenario, replace(server, name=name), port, seconds)
+                finally:
+                    if redis is not None:
+                        redis.stop()
+            runs.setdefault(name, []).append(result)
+            print(
+                f"session round {round_ + 1}: {name:<28} {result.rps:>10,.1f} req/s  p50 {result.p50_ms:6.2f} ms  "
+                f"p99 {result.p99_ms:6.2f} ms",
+                flush=True,
+            )
+    return runs
+
+
+def session_table(runs: dict[str, list[Result]]) -> list[str]:
+    """Batches/s into a session against /v1/evaluate's req/s on the same tensors, per round and the median."""
+    if not runs:
+        return []
+    scenario = session_scenario()
+    lines = [
+        "",
+        "## Sessions",
+        "",
+        f"{scenario.name}: {', '.join(e['name'] for e in SESSION_LOSSES)} over the same 1,000-element tensors, as "
+        "`/v1/evaluate` requests and as batches into a session (a new batch id each), lossd with its defaults; "
+        f"Redis on loopback. {SESSION_ROUNDS} alternating rounds; each round gives a ratio, the table shows the "
+        "median of those ratios.",
+        "",
+        "| server | req/s (median) | p99 ms (median) | batches/s over /v1/evaluate's req/s | target | met |",
+        "|---|---:|---:|---|---|---|",
+    ]
+    base = runs[EVALUATE]
+    lines.append(
+        f"| {EVALUATE} | {_median([r.rps for r in base]):,.1f} | {_median([r.p99_ms for r in base]):.2f} | | | |"
+    )
+    for name, target in SESSION_TARGETS.items():
+        ours = runs[name]
+        ratio = _median([x.rps / y.rps for x, y in zip(ours, base, strict=True)])
+        each = ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(ours, base, strict=True))
+        lines.append(
+            f"| {name} | {_median([r.rps for r in ours]):,.1f} | {_median([r.p99_ms for r in ours]):.2f} | "
+            f"{ratio:.2f}x (rounds {each}) | at least {target}x | {'met' if ratio >= target else 'not met'} |"
+        )
+    return lines
 
 
 def free_port() -> int:
@@ -417,8 +512,9 @@ def run_one(scenario: Scenario, server: Server, port: int, seconds: int) -> Resu
                 raise RuntimeError(f"{server.name} did not start:\n{output_tail()}")
             time.sleep(0.3)
         headers = {"content-type": req.content_type} | (dict([req.header.split(": ", 1)]) if req.header else {})
+        path = req.setup(base) if req.setup else req.path
         for _ in range(3):  # warm-up, and a first check of the answer
-            warm = httpx.post(base + req.path, content=req.body, headers=headers, timeout=120)
+            warm = httpx.post(base + path, content=req.body, headers=headers, timeout=120)
             if warm.status_code != 200 or not check(warm.content, req.pattern, scenario.expected):
                 raise RuntimeError(f"{server.name} answered wrongly: {warm.status_code} {warm.content[:300]!r}")
         idle = tree_rss_mb(proc.pid, "VmRSS")
@@ -428,9 +524,9 @@ def run_one(scenario: Scenario, server: Server, port: int, seconds: int) -> Resu
             with tempfile.NamedTemporaryFile(suffix=".body") as f:
                 f.write(req.body)
                 f.flush()
-                count, _, elapsed, p50, p99 = drive_wrk(base + req.path, req, scenario, seconds, f.name)
+                count, _, elapsed, p50, p99 = drive_wrk(base + path, req, scenario, seconds, f.name)
         else:
-            count, _, elapsed, p50, p99 = asyncio.run(_drive_httpx(base + req.path, req, scenario, seconds))
+            count, _, elapsed, p50, p99 = asyncio.run(_drive_httpx(base + path, req, scenario, seconds))
         peak = tree_rss_mb(proc.pid, "VmHWM")
         gc = None
         log_lines = None
@@ -671,7 +767,12 @@ def gc_table(results: list[Result]) -> list[str]:
 
 
 def report(
-    results: list[Result], runs: dict[tuple[str, str], list[Result]], split: str | None, quick: bool, seconds: int
+    results: list[Result],
+    runs: dict[tuple[str, str], list[Result]],
+    split: str | None,
+    quick: bool,
+    seconds: int,
+    sessions: dict[str, list[Result]],
 ) -> str:
     lines = [
         "# lossd benchmark results",
@@ -701,6 +802,7 @@ def report(
                 f"{r.peak_rss_mb:.0f} | {ratio} |"
             )
     lines += targets(runs)
+    lines += session_table(sessions)
     lines += gc_table(results)
     if split:
         lines += [
@@ -747,8 +849,9 @@ def main() -> None:
                         flush=True,
                     )
     runs = target_runs(seconds, args.quick)
+    sessions = session_runs(seconds)
     split = None if args.quick else time_split()
-    text = report(results, runs, split, args.quick, seconds)
+    text = report(results, runs, split, args.quick, seconds, sessions)
     Path(args.out).write_text(text)
     print("\n" + text)
 

@@ -15,6 +15,17 @@ local pattern = os.getenv("BENCH_PATTERN")
 local expected = tonumber(os.getenv("BENCH_EXPECTED"))
 local tolerance = tonumber(os.getenv("BENCH_TOLERANCE"))
 
+-- A body holding @ID@ gets a new value there in every request (a session's batch id): "<n>"
+local at = wrk.body:find("@ID@", 1, true)
+if at then
+  local prefix, suffix = wrk.body:sub(1, at - 1), wrk.body:sub(at + 4)
+  local counter = 0
+  function request()
+    counter = counter + 1
+    return wrk.format(nil, nil, nil, prefix .. counter .. suffix)
+  end
+end
+
 local threads = {}
 function setup(thread)
   table.insert(threads, thread)

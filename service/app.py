@@ -18,7 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from service import __version__, oip, schemas
-from service.api import docs, errors, health, v1, v2
+from service.api import docs, errors, health, sessions, v1, v2
 from service.api.deps import AppState
 from service.api.edge import PUBLIC_PATHS, AccessLog, Edge
 from service.api.metrics import Metrics
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.router.routes.append(v1.loss_route())
     app.include_router(v1.build_router())
+    app.include_router(sessions.router)
     app.include_router(v2.router)
     app.include_router(health.router)
     app.include_router(docs.router)
@@ -95,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "Inference-Header-Content-Length", "Retry-After", "WWW-Authenticate"],
             max_age=600,
@@ -143,6 +144,7 @@ def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManage
             unwatch()
             if state.workers is not None:
                 state.workers.close()
+            await state.sessions.close()
             if state.access_log is not None:
                 state.access_log.flush()
 
@@ -168,6 +170,8 @@ def _document_errors(document: dict[str, Any]) -> None:
                 statuses |= {400, 413, 415, 422, 504}
             if "{" in path:
                 statuses |= {404}
+            if path.startswith("/v1/sessions"):
+                statuses |= {409, 413, 429} if method == "post" else set()
             responses = operation.setdefault("responses", {})
             for status in [s for s in responses if s[0] in "45"]:
                 del responses[status]
@@ -191,6 +195,11 @@ def build_openapi(app: FastAPI, plane: DataPlane) -> dict[str, Any]:
         schemas.Problem,
         schemas.EvaluateRequest,
         schemas.EvaluateResponse,
+        schemas.SessionCreate,
+        schemas.SessionCreated,
+        schemas.BatchRequest,
+        schemas.BatchResponse,
+        schemas.SessionView,
         oip.InferenceRequest,
         oip.InferenceResponse,
         oip.V2Error,

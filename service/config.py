@@ -113,6 +113,25 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(5.0, gt=0)
     """Seconds an idle keep-alive connection stays open."""
 
+    redis_url: str | None = None
+    """Where sessions live: `redis://[:password@]host:port/db` (or `rediss://` for TLS) keeps them in Redis, shared
+    by every replica; unset keeps them in this process (lost on restart)."""
+
+    redis_prefix: str = "lossd:"
+    """Prefix of every Redis key lossd writes, so several deployments can share one Redis."""
+
+    sessions_max: int = Field(1000, ge=1)
+    """Sessions held at once (429 beyond); in Redis, over every replica."""
+
+    session_max_batches: int = Field(100_000, ge=1)
+    """Batches one session may take (413 beyond): its batch ids are kept, for exactly-once accumulation."""
+
+    session_max_groups: int = Field(10_000, ge=1)
+    """Distinct group labels in one session (413 beyond)."""
+
+    session_max_ttl_s: int = Field(7 * 86400, ge=1)
+    """Longest `ttl_s` a session may ask for (422 beyond); each batch renews the TTL."""
+
     malloc_arenas: int = Field(2, ge=0)
     """glibc malloc arenas (mallopt M_ARENA_MAX); few arenas keep big bodies fast. 0 keeps glibc's default."""
 

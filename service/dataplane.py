@@ -8,6 +8,7 @@ where the job runs. Errors are domain exceptions. Keeping this free of HTTP lets
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -17,10 +18,11 @@ from pydantic import BaseModel, ValidationError
 from torch import Tensor
 
 from service import codec, compute, schemas
-from service.errors import ErrorDetail, InvalidRequest, Loc, LossdError, MalformedBody, UnknownLoss
+from service.errors import ErrorDetail, InvalidRequest, Loc, LossdError, MalformedBody, ShapeMismatch, UnknownLoss
 from service.isolation import Task
 from service.limits import Limits
-from service.losses.registry import LossParams, LossSpec, Registry, TensorKind
+from service.losses.registry import LossParams, LossSpec, LossTotals, Registry, TensorKind
+from service.sessions.state import Merged, merge, totals_json
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -71,6 +73,25 @@ def encoded_bytes(elements: int, encoding: str, itemsize: int) -> int:
     if encoding == "binary":
         return elements * itemsize
     return elements * BYTES_PER_JSON_NUMBER
+
+
+@dataclass
+class Batch:
+    """One session batch computed: its id, the digest of its content, and each loss's value and statistics."""
+
+    batch_id: str
+    digest: str
+    losses: list[float]
+    stats: list[LossTotals]
+
+
+@dataclass
+class NewSession:
+    """A `POST /v1/sessions` read: normalized loss definitions, TTL, and merged states' contents if any."""
+
+    losses: list[dict[str, Any]]
+    ttl_s: int
+    merged: Merged | None
 
 
 @dataclass
@@ -144,6 +165,21 @@ class DataPlane:
     def _evaluate_entry(
         self, i: int, entry: schemas.LossEntry, request: schemas.EvaluateRequest, pool: _Pool
     ) -> Job[dict[str, Any]]:
+        defaults = {
+            "return_grad": request.return_grad,
+            "output_encoding": request.output_encoding,
+            "return_stats": request.return_stats,
+        }
+        spec, params, job = self._entry(i, entry, defaults, pool)
+        return job.then(
+            lambda result: {"name": spec.name, "status": 200, **encode_result(result, params.output_encoding)}
+        )
+
+    def _entry(
+        self, i: int, entry: schemas.LossEntry, defaults: dict[str, Any], pool: _Pool, groups: Tensor | None = None
+    ) -> tuple[LossSpec, Any, Job[compute.LossResult]]:
+        """One loss entry over shared tensors: its spec, its validated request and its job, every error
+        located in the request (`losses.i...`, or the shared tensor it is about)."""
         here: Loc = ("losses", i)
         try:
             spec = self.registry.get(entry.name)
@@ -163,28 +199,123 @@ class DataPlane:
             )
         keys = {arg.name: renames.get(arg.name, arg.name) for arg in spec.tensors}
         given = {arg: key for arg, key in keys.items() if key in pool.values}
-        where = {**{arg: ("tensors", key) for arg, key in given.items()}, **{k: ("tensors", k) for k in given.values()}}
-        fields = {"return_grad": request.return_grad, "output_encoding": request.output_encoding, **extra}
+        where: dict[str, Loc] = {arg: ("tensors", key) for arg, key in given.items()}
+        where |= {k: ("tensors", k) for k in given.values()} | {"groups": ("groups",)}
 
         def relocated(exc: LossdError) -> LossdError:
             exc.errors = [_relocate(d, where, here) for d in exc.errors]
             return exc
 
         try:
-            params = self.validate(self.models[spec.name], fields | dict.fromkeys(given, True))
+            params = self.validate(self.models[spec.name], defaults | extra | dict.fromkeys(given, True))
             raw = {arg.name: pool.raw(given[arg.name], arg.kind) for arg in spec.tensors if arg.name in given}
-            job = self.plan(spec, params, raw, pool)
+            job = self.plan(spec, params, raw, pool, groups=groups)
         except LossdError as exc:
             raise relocated(exc) from None
+        steps = job.steps
 
-        def steps(execute: Execute) -> dict[str, Any]:
+        def located(execute: Execute) -> compute.LossResult:
             try:
-                result = job.run(execute)
+                return steps(execute)
             except LossdError as exc:
                 raise relocated(exc) from None
-            return {"name": spec.name, "status": 200, **encode_result(result, params.output_encoding)}
 
-        return Job(job.cost, job.work_bytes, job.output_bytes, steps, job.here)
+        return spec, params, Job(job.cost, job.work_bytes, job.output_bytes, located, job.here)
+
+    def new_session(self, body: bytes, max_ttl_s: int) -> Job[NewSession]:
+        """Read a `POST /v1/sessions` body: its losses, validated and normalized, or the states it merges
+        (whose losses must be definitions this server writes)."""
+        request = self.validate(schemas.SessionCreate, _json_object(body))
+        assert isinstance(request, schemas.SessionCreate)
+        if (request.losses is None) == (request.from_states is None):
+            raise InvalidRequest("give either losses or from_states", loc=("losses",))
+        if request.ttl_s > max_ttl_s:
+            raise InvalidRequest(f"ttl_s may be at most {max_ttl_s} seconds (LOSSD_SESSION_MAX_TTL_S)", loc=("ttl_s",))
+        merged = None
+        if request.from_states is not None:
+            merged = merge(request.from_states)
+            losses = self.session_losses(merged.losses)
+            if losses != merged.losses:
+                raise InvalidRequest(
+                    "the states' losses are not definitions this server writes (edited, or from another version)",
+                    loc=("from_states", 0, "losses"),
+                )
+        else:
+            losses = self.session_losses([entry.model_dump(exclude_none=True) for entry in request.losses or []])
+        new = NewSession(losses, request.ttl_s, merged)
+        return Job(len(body) // 64, 0, 0, lambda execute: new, self.run_here)
+
+    def session_losses(self, entries: list[Any]) -> list[dict[str, Any]]:
+        """The loss definitions of a new session, validated and normalized (canonical name, every parameter
+        with its default filled in, `tensors`), so that equal definitions compare equal. A session
+        accumulates a mean or a sum: `reduction: "none"` is refused."""
+        if not isinstance(entries, list) or not entries:
+            raise InvalidRequest("losses must be a non-empty list of loss entries", loc=("losses",))
+        self.limits.entries(len(entries))
+        out = []
+        for i, value in enumerate(entries):
+            here: Loc = ("losses", i)
+            entry = self.validate(schemas.LossEntry, value) if isinstance(value, dict) else None
+            if entry is None:
+                raise InvalidRequest("a loss entry is an object with a name and parameters", loc=here)
+            try:
+                spec = self.registry.get(entry.name)
+            except UnknownLoss as exc:
+                raise InvalidRequest(exc.detail, loc=(*here, "name")) from None
+            for arg_name in entry.tensors or {}:
+                if arg_name not in {arg.name for arg in spec.tensors}:
+                    raise InvalidRequest(
+                        f"{spec.name} has no tensor argument {arg_name!r}", loc=(*here, "tensors", arg_name)
+                    )
+            try:
+                params = self.validate(spec.params, entry.model_extra or {})
+            except LossdError as exc:
+                exc.errors = [ErrorDetail((*here, *d.loc), d.msg) for d in exc.errors]
+                raise
+            if params.reduction == "none":
+                raise InvalidRequest(
+                    "a session accumulates a mean or a sum: reduction 'none' has no dataset value",
+                    loc=(*here, "reduction"),
+                )
+            out.append({"name": spec.name, **params.model_dump(mode="json"), "tensors": entry.tensors or {}})
+        return out
+
+    def batch(self, losses: list[dict[str, Any]], body: bytes) -> Job[Batch]:
+        """Read one batch of a session of `losses` (normalized definitions): every loss is validated and
+        planned before anything runs; the job computes them all, with their sufficient statistics (per
+        group label when `groups` is given), or fails as a whole."""
+        request = self.validate(schemas.BatchRequest, _json_object(body))
+        assert isinstance(request, schemas.BatchRequest)
+        pool = _Pool(request.tensors, self.device, self.limits)
+        pool.read_all()
+        groups = None
+        if request.groups is not None:
+            raw = codec.decode_tensor(request.groups, "groups", TensorKind.INDEX, self.limits)
+            groups = compute.prepare_indices("groups", raw)
+            if groups.ndim != 1:
+                raise ShapeMismatch(
+                    f"groups must be a 1-D tensor of integer labels, got shape {list(groups.shape)}", loc=("groups",)
+                )
+        defaults = {"return_stats": True}
+        jobs = []
+        for i, definition in enumerate(losses):
+            # definitions were validated when the session was made: no second validation per batch
+            params = {k: v for k, v in definition.items() if k not in ("name", "tensors")}
+            entry = schemas.LossEntry.model_construct(name=definition["name"], tensors=definition["tensors"], **params)
+            jobs.append(self._entry(i, entry, defaults, pool, groups)[2])
+        digest = pool.digest(groups)
+
+        def steps(execute: Execute) -> Batch:
+            batch = Batch(request.batch_id, digest, [], [])
+            for job in jobs:
+                result = job.run(execute)
+                assert result.stats is not None
+                batch.losses.append(float(result.loss))
+                batch.stats.append(result.stats)
+            return batch
+
+        work = max(job.work_bytes for job in jobs)
+        return Job(sum(job.cost for job in jobs), work, 0, steps, self.run_here)
 
     def plan(
         self,
@@ -193,25 +324,32 @@ class DataPlane:
         raw: Mapping[str, compute.RawTensor],
         pool: _Pool | None = None,
         output_encoding: str | None = None,
+        groups: Tensor | None = None,
     ) -> Job[compute.LossResult]:
         """The shared core of every protocol: dtypes by kind, the limits on elements, memory and response size
         (all from the cost model's prediction, before torch runs); the job runs the checks, the loss and its
-        gradients. `output_encoding` (json, base64 or binary) defaults to the request's."""
+        gradients (and its sufficient statistics when the request asks, per label of `groups` when given).
+        `output_encoding` (json, base64 or binary) defaults to the request's."""
         assert isinstance(request, schemas.RequestOptions)
         elements = self.check_elements(raw)
         tensors = compute.prepare(spec, raw, pool.cast if pool else compute.host_cast(self.device))
         grad_wrt = _grad_wrt(spec, request.return_grad, tensors)
-        cost = spec.cost({name: tuple(t.shape) for name, t in tensors.items()}, request, len(grad_wrt))
+        shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+        cost = spec.cost(shapes, request, len(grad_wrt))
+        held = cost.elements
+        if request.return_stats:  # the loss once more with reduction "none", and its terms in float64
+            per_element = spec.cost(shapes, compute.with_reduction(request, "none"), 0)
+            held += per_element.elements + 2 * per_element.output
         limits = self.limits
         limits.elements(cost.largest_name, cost.largest, cost.largest_loc)
         # the models count index tensors twice over; half precision still computes in float32 on some kernels
         float_size = max((t.element_size() for t in tensors.values() if t.is_floating_point()), default=4)
-        work = cost.elements * max(float_size, 4)
+        work = held * max(float_size, 4)
         if work > limits.max_work_bytes:
             limits.work(f"{spec.name} would build {cost.largest_name} and more", work, cost.largest_loc)
         output = encoded_bytes(cost.output, output_encoding or request.output_encoding, float_size)
         limits.response(output)
-        task = Task(spec, tensors, request, grad_wrt, pool.place if pool else None)
+        task = Task(spec, tensors, request, grad_wrt, pool.place if pool else None, request.return_stats, groups)
         on_elements = self.on_elements
 
         def steps(execute: Execute) -> compute.LossResult:
@@ -220,7 +358,7 @@ class DataPlane:
                 on_elements(spec.name, elements)
             return result
 
-        return Job(cost.effort, max(work, cost.operations * 4), output, steps, self.run_here)
+        return Job(max(cost.effort, held), max(work, cost.operations * 4), output, steps, self.run_here)
 
     def check_elements(self, raw: Mapping[str, compute.RawTensor]) -> int:
         """Every decoded tensor, and all of them together, within the element limits; returns the total."""
@@ -271,6 +409,21 @@ class _Pool:
             self._raw[key, variant] = codec.decode_tensor(value, key, kind, self.limits)
         return self._raw[key, variant]
 
+    def digest(self, groups: Tensor | None) -> str:
+        """A digest of the tensors' content (names, dtypes, shapes, values) and the group labels: equal for
+        a batch sent again, whatever the JSON formatting of its numbers."""
+        h = hashlib.sha256()
+        items = sorted(self.values)
+        for key in items:
+            value = self.values[key]
+            if isinstance(value, dict) and "b64" in value and "dtype" not in value:
+                h.update(b"b64" + key.encode() + b"\0" + str(value).encode())
+            else:
+                _hash_tensor(h, key, self.raw(key, TensorKind.FLOAT).tensor)
+        if groups is not None:
+            _hash_tensor(h, "\0groups", groups)
+        return h.hexdigest()[:32]
+
     def cast(self, t: Tensor, dtype: torch.dtype) -> Tensor:
         if (id(t), dtype) not in self._cast:
             self._cast[id(t), dtype] = converted = self._host_cast(t, dtype)
@@ -282,6 +435,11 @@ class _Pool:
             self._placed[id(t)] = placed = compute.to_device(t, self.device)
             self._keep += [t, placed]
         return self._placed[id(t)]
+
+
+def _hash_tensor(h: Any, name: str, t: Tensor) -> None:
+    h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+    h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())  # the bytes in place, not a copy
 
 
 def _relocate(detail: ErrorDetail, tensors: Mapping[str, Loc], entry: Loc) -> ErrorDetail:
@@ -326,6 +484,8 @@ def encode_result(result: compute.LossResult, encoding: codec.Encoding) -> dict[
     if result.grads:
         body["grad"] = {name: codec.encode_tensor(g, encoding) for name, g in result.grads.items()}
     body["device"] = result.device
+    if result.stats is not None:
+        body["stats"] = totals_json(result.stats.total)
     if result.warnings:
         body["warnings"] = result.warnings
     return body

@@ -190,6 +190,51 @@ class ResourceExhausted(LossdError):
     title = "Insufficient resources"
 
 
+class SessionNotFound(NotFound):
+    """No session of that id: never created, deleted, or expired."""
+
+    slug = "unknown-session"
+    title = "Unknown session"
+
+
+class Conflict(LossdError):
+    """The request contradicts what the server holds: a batch id applied with other content, or session
+    states with different loss definitions."""
+
+    slug = "conflict"
+    title = "Conflict"
+
+
+class SessionFull(LossdError):
+    """A session holds as many batches or groups as it may (`limit`, `actual`)."""
+
+    slug = "session-full"
+    title = "Session full"
+
+
+class TooManySessions(LossdError):
+    """The server holds as many sessions as it may; delete finished ones or retry after some expire."""
+
+    slug = "too-many-sessions"
+    title = "Too many sessions"
+
+
+class StoreUnavailable(LossdError):
+    """The session store (Redis) cannot be reached. A batch may or may not have been applied: retry it with the
+    same batch id after `retry_after` seconds, and it counts once."""
+
+    slug = "store-unavailable"
+    title = "Session store unavailable"
+    retry_after = 1
+
+
+class NotConfigured(LossdError):
+    """The server is not configured for this request (sessions with several workers need Redis)."""
+
+    slug = "not-configured"
+    title = "Not configured"
+
+
 ALL_ERRORS: tuple[type[LossdError], ...] = (
     MalformedBody,
     UnsupportedMediaType,
@@ -209,5 +254,11 @@ ALL_ERRORS: tuple[type[LossdError], ...] = (
     HeadersTooLarge,
     ComputeTimeout,
     DeviceFailure,
+    SessionNotFound,
+    Conflict,
+    SessionFull,
+    TooManySessions,
+    StoreUnavailable,
+    NotConfigured,
 )
 """Every concrete error class, for the problem table and the problem-type documentation route."""

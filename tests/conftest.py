@@ -29,3 +29,18 @@ def app() -> FastAPI:
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[object]:
+    """A real redis-server of this test's own (tests.redis_server.RedisServer), killed after it. Fails, never
+    skips, where redis-server is not installed."""
+    from tests.redis_server import MISSING, RedisServer
+
+    try:
+        server = RedisServer(tmp_path / "redis")
+    except RuntimeError:
+        pytest.fail(MISSING)
+    server.start()
+    yield server
+    server.kill()

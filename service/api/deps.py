@@ -27,6 +27,7 @@ from service.config import Settings
 from service.dataplane import DataPlane, Job
 from service.errors import ComputeTimeout, DeviceFailure, Overloaded, UnsupportedMediaType
 from service.isolation import Cancel, WorkerPool
+from service.sessions.store import MemoryStore, SessionLimits, Store
 
 T = TypeVar("T")
 log = logging.getLogger("lossd")
@@ -59,10 +60,21 @@ class AppState:
     """Where each request's JSON line goes (None: not logged)."""
     workers: WorkerPool | None = None
     """The worker processes of large computations (None: everything computes in this process)."""
+    sessions: Store = field(init=False)
+    """Where dataset sessions live: in this process, or in Redis (`LOSSD_REDIS_URL`)."""
 
     def __post_init__(self) -> None:
-        self.limiter = CapacityLimiter(self.settings.max_concurrency)
-        self.threads = CapacityLimiter(self.settings.max_concurrency)
+        settings = self.settings
+        self.limiter = CapacityLimiter(settings.max_concurrency)
+        self.threads = CapacityLimiter(settings.max_concurrency)
+        limits = SessionLimits(settings.sessions_max, settings.session_max_batches, settings.session_max_groups)
+        if settings.redis_url:
+            from service.sessions.redis import RedisStore  # the redis client only where it is used
+
+            self.sessions = RedisStore(settings.redis_url, limits, settings.redis_prefix)
+        else:  # several worker processes would each hold their own sessions, and a batch could miss its session
+            refuse = "sessions need LOSSD_REDIS_URL when LOSSD_WORKERS > 1" if settings.workers > 1 else None
+            self.sessions = MemoryStore(limits, refuse=refuse)
 
     @property
     def api_keys(self) -> list[str]:
@@ -88,6 +100,9 @@ class AppState:
             return "the compute device failed"
         if self.draining:
             return "the server is shutting down"
+        store = await self.sessions.not_ready()
+        if store is not None:
+            return store
         try:
             usable = self.plane.ready()  # a two-element sum: cheaper than the hop to a thread
         except Exception as exc:  # any device failure means not ready, whatever its type

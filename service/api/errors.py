@@ -24,6 +24,7 @@ from service import codec
 from service.errors import (
     ALL_ERRORS,
     ComputeTimeout,
+    Conflict,
     DeviceFailure,
     DtypeMismatch,
     ErrorDetail,
@@ -32,12 +33,17 @@ from service.errors import (
     InvalidTensor,
     LossdError,
     MalformedBody,
+    NotConfigured,
     NotFound,
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
     ResourceExhausted,
+    SessionFull,
+    SessionNotFound,
     ShapeMismatch,
+    StoreUnavailable,
+    TooManySessions,
     TorchRejected,
     Unauthorized,
     UnknownLoss,
@@ -81,9 +87,12 @@ STATUS: dict[type[LossdError], tuple[int, str, str]] = {
     Unauthorized: (401, "header", "No valid API key (only when LOSSD_API_KEYS is set)."),
     NotFound: (404, "path", "No such route, model or model version."),
     UnknownLoss: (404, "path", "No such loss; `detail` lists close matches."),
+    SessionNotFound: (404, "path", "No such session: never created, deleted, or expired."),
     MethodNotAllowed: (405, "method", "The path does not take this method; `Allow` lists those it takes."),
     RequestTimeout: (408, "request", "The request was not received within LOSSD_READ_TIMEOUT_S of its first byte."),
     PayloadTooLarge: (413, "body", "The body, a tensor or the request exceeds a configured limit (`limit`, `actual`)."),
+    SessionFull: (413, "body", "The session holds as many batches or groups as it may (`limit`, `actual`)."),
+    Conflict: (409, "body", "A batch id already applied with other content, or states with other losses."),
     UnsupportedMediaType: (415, "header", "The body's content type or encoding is not one lossd reads."),
     HeadersTooLarge: (431, "header", "The request line and headers exceed LOSSD_MAX_HEADER_BYTES."),
     InvalidRequest: (422, "body", "A field breaks the request's schema; `errors[].loc` says where."),
@@ -92,11 +101,18 @@ STATUS: dict[type[LossdError], tuple[int, str, str]] = {
     ShapeMismatch: (422, "body", "A tensor's shape breaks the loss's shape rule."),
     ValueOutOfRange: (422, "body", "A tensor holds a value the loss does not accept (a class index >= C, ...)."),
     TorchRejected: (422, "body", "torch refused the inputs after lossd's checks; `detail` is torch's message."),
+    TooManySessions: (429, "server", "The server holds as many sessions as LOSSD_SESSIONS_MAX allows."),
+    NotConfigured: (
+        501,
+        "server",
+        "The server is not configured for this (sessions with LOSSD_WORKERS > 1 need Redis).",
+    ),
     InternalError: (500, "server", "An unexpected error; `detail` quotes the request id."),
     Overloaded: (503, "server", "Overloaded: retry after `Retry-After` seconds."),
     ResourceExhausted: (503, "server", "Not enough memory for this request."),
     DeviceFailure: (503, "server", "The compute device failed; the process restarts."),
     NotReady: (503, "server", "Not ready: starting, shutting down, or the device is unusable."),
+    StoreUnavailable: (503, "server", "The session store (Redis) is unreachable: retry with the same batch id."),
     ComputeTimeout: (504, "server", "The request took longer than LOSSD_REQUEST_TIMEOUT_S."),
 }
 """Status code of each error, where its `loc` points (the first element of every loc), and what it
@@ -132,7 +148,7 @@ def render(exc: LossdError, protocol: Protocol = "problem") -> Response:
     else:
         body = problem_body(exc)
         response = Response(codec.dumps(body), body["status"], media_type=PROBLEM_JSON)
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | StoreUnavailable):
         response.headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="lossd"'

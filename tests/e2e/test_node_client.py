@@ -65,3 +65,29 @@ def test_v2_json(printed: dict[str, dict[str, Any]]) -> None:
 def test_v2_binary(printed: dict[str, dict[str, Any]]) -> None:
     case = printed["v2-binary"]
     wire.assert_same(case["result"], F.mse_loss(torch.tensor(case["input"]), torch.tensor(case["target"])))
+
+
+def test_session_example(server: str) -> None:
+    """examples/node/session.mjs streams a dataset in batches of different sizes (one sent twice) into a
+    session: the dataset values equal torch's on the whole dataset, overall and per group."""
+    if NODE is None:
+        pytest.skip("node is not on PATH")
+    run = subprocess.run(
+        [NODE, str(ROOT / "examples" / "node" / "session.mjs"), server], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    x, y = torch.tensor(out["input"]), torch.tensor(out["target"])
+    weight, groups = torch.tensor(out["weight"]), torch.tensor(out["groups"])
+    assert out["result"]["batches"] == 4
+    plain, weighted = out["result"]["results"]
+    for label in ("whole", 0, 1):
+        rows = torch.ones_like(groups, dtype=torch.bool) if label == "whole" else groups == label
+        want_plain = F.cross_entropy(x[rows], y[rows])
+        want_weighted = F.cross_entropy(x[rows], y[rows], weight=weight, label_smoothing=0.05)
+        got_plain = plain if label == "whole" else plain["groups"][str(label)]
+        got_weighted = weighted if label == "whole" else weighted["groups"][str(label)]
+        # float64 sums of float32 terms: torch's float32 value to float32 precision
+        torch.testing.assert_close(torch.tensor(got_plain["loss"], dtype=torch.float32), want_plain)
+        torch.testing.assert_close(torch.tensor(got_weighted["loss"], dtype=torch.float32), want_weighted)
+        assert got_plain["stats"]["count"] == int((y[rows] != -100).sum())

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
-PURE = [*sorted((SERVICE / "losses").glob("*.py")), SERVICE / "compute.py", SERVICE / "errors.py"]
+PURE = [
+    *sorted((SERVICE / "losses").glob("*.py")),
+    *sorted((SERVICE / "sessions").glob("*.py")),
+    SERVICE / "compute.py",
+    SERVICE / "errors.py",
+]
 HTTP = sorted((SERVICE / "api").glob("*.py"))
 
 

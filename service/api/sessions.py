@@ -1,0 +1,121 @@
+"""Dataset sessions (`/v1/sessions`): exact dataset-level losses accumulated over batches.
+
+A thin adapter: the data plane validates the loss definitions and computes each batch with its sufficient
+statistics (`DataPlane.session_losses`, `DataPlane.batch`); the app's session store (in this process, or
+Redis) holds the sums and applies each batch atomically with its batch-id check.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service import codec
+from service.api.deps import AppState, require_json
+from service.sessions.state import Record, export, result_json
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(codec.dumps(body), status, headers=headers, media_type="application/json")
+
+
+def _schema(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
+def _timestamp(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _created(record: Record) -> dict[str, Any]:
+    return {"id": record.id, "losses": record.losses, "expires_at": _timestamp(record.expires_at)}
+
+
+async def _body(request: Request) -> bytes:
+    require_json(request.headers.get("content-type"))
+    return await request.body()
+
+
+@router.post(
+    "",
+    operation_id="sessions-create",
+    status_code=201,
+    response_class=Response,
+    responses={201: {"description": "The session", "content": _schema("SessionCreated")}},
+    openapi_extra={"requestBody": {"required": True, "content": _schema("SessionCreate")}},
+)
+async def create_session(request: Request) -> Response:
+    """A new session of losses (entries as in /v1/evaluate; reduction mean, sum or batchmean), or one that merges
+    states exported from other sessions (`from_states`). Answers 201 with `Location: /v1/sessions/{id}`."""
+    state: AppState = request.app.state.lossd
+    body = await _body(request)
+    read = partial(state.plane.new_session, max_ttl_s=state.settings.session_max_ttl_s)
+    new = await state.compute(body, request.headers.get("content-encoding"), read, request.scope["lossd"]["hold"])
+    record = await state.sessions.create(new.losses, new.ttl_s, new.merged)
+    return _json(_created(record), 201, {"Location": f"/v1/sessions/{record.id}"})
+
+
+@router.post(
+    "/{session_id}/batches",
+    operation_id="sessions-batch",
+    response_class=Response,
+    responses={200: {"description": "The batch's own values", "content": _schema("BatchResponse")}},
+    openapi_extra={"requestBody": {"required": True, "content": _schema("BatchRequest")}},
+)
+async def add_batch(session_id: str, request: Request) -> Response:
+    """Compute every loss of the session on one batch and add its statistics to the session, atomically with
+    its `batch_id`: a batch id applied before with the same content is not applied again (`duplicate`:
+    true), with other content it is a 409. One failing loss rejects the whole batch and changes nothing."""
+    state: AppState = request.app.state.lossd
+    losses = await state.sessions.losses(session_id)
+    body = await _body(request)
+    job = partial(state.plane.batch, losses)
+    batch = await state.compute(body, request.headers.get("content-encoding"), job, request.scope["lossd"]["hold"])
+    applied = await state.sessions.apply(session_id, batch.batch_id, batch.digest, batch.stats)
+    results = [
+        result_json(definition, stats, loss)
+        for definition, stats, loss in zip(losses, batch.stats, batch.losses, strict=True)
+    ]
+    return _json({"batch_id": batch.batch_id, "duplicate": not applied, "results": results})
+
+
+@router.get(
+    "/{session_id}",
+    operation_id="sessions-get",
+    response_class=Response,
+    responses={200: {"description": "The dataset values", "content": _schema("SessionView")}},
+)
+async def get_session(session_id: str, request: Request) -> Response:
+    """The loss of the whole dataset so far, per loss (and per group label when groups were sent)."""
+    state: AppState = request.app.state.lossd
+    record = await state.sessions.get(session_id)
+    return _json(
+        {
+            "id": record.id,
+            "batches": record.batches,
+            "expires_at": _timestamp(record.expires_at),
+            "results": record.results(),
+        }
+    )
+
+
+@router.get("/{session_id}/state", operation_id="sessions-state")
+async def get_state(session_id: str, request: Request) -> Response:
+    """The session's versioned state (losses, sums, applied batch ids), which `from_states` reads back."""
+    state: AppState = request.app.state.lossd
+    record, batches = await state.sessions.export(session_id)
+    return _json(export(record, batches))
+
+
+@router.delete("/{session_id}", operation_id="sessions-delete", status_code=204, response_class=Response)
+async def delete_session(session_id: str, request: Request) -> Response:
+    """Forget the session."""
+    state: AppState = request.app.state.lossd
+    await state.sessions.delete(session_id)
+    return Response(status_code=204)

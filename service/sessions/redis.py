@@ -1,0 +1,412 @@
+"""Sessions in Redis, shared by every replica: the `Store` contract of `service.sessions.store`, with the
+semantics of `MemoryStore`.
+
+Keys (every key of one session shares the hash tag `{<id>}`, so they live in one Cluster slot):
+
+- `<prefix>{<id>}`: a hash of the definitions (`losses`, JSON), `ttl_s`, `ttl_ms`, `nlosses`, and the totals:
+  `<i>:s`, `<i>:w`, `<i>:n` for loss i, `<i>:<label>:s` ... for its group `<label>`.
+- `<prefix>{<id>}:batches`: a hash of the applied batch ids (id -> digest).
+- `<prefix>{<id>}:groups`: the set of every group label the session holds (for the group limit).
+- `<prefix>sessions`: the index of live sessions, a sorted set scored by expiry (Redis time, ms), so the
+  session limit holds over every replica.
+
+Creating and applying are each one Lua script, so each is atomic: a script checks everything before it
+writes anything. Sums and weights are float64 added in Lua (doubles, as Python adds them) and stored as
+`%.17g`, which reads back bit-for-bit; increments travel as `repr(float)`. Counts use HINCRBY (int64).
+The scripts also touch the index, which lies in another slot: they need a single Redis (or one shard), not
+a Cluster spanning several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from redis import exceptions as rx
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from service.errors import Conflict, SessionFull, SessionNotFound, StoreUnavailable, TooManySessions
+from service.sessions.state import LossTotals, Merged, Record, Totals, labels
+from service.sessions.store import SessionLimits, new_id
+
+CONNECT_TIMEOUT_S = 1.0
+OPERATION_TIMEOUT_S = 5.0
+PING_TIMEOUT_S = 1.0
+HEALTH_CHECK_INTERVAL_S = 10
+DEFINITIONS_CACHED = 1024
+
+_ID = re.compile(r"[0-9a-f]{32}")
+"""What `new_id` makes; any other id names no session (and never reaches a key name)."""
+
+# Shared by both scripts. `now_ms` is Redis' clock, the one key expiry follows. `write_totals` adds (or, at
+# create, sets) the totals given as (field, sum, weight, count) from ARGV[first] on; numbers are formatted
+# explicitly: Lua's own number-to-string conversion keeps 14 digits only.
+_LUA_COMMON = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function num(value)
+  if not value then return 0 end
+  return tonumber(value)
+end
+
+local function fmt(value)
+  return string.format('%.17g', value)
+end
+
+local function add_in_chunks(command, key, first, last, step)
+  -- unpack has a stack limit: a long list goes in chunks
+  local i = first
+  while i <= last do
+    local j = math.min(i + 1999, last)
+    redis.call(command, key, unpack(ARGV, i, j))
+    i = j + 1
+  end
+end
+
+local function refresh(main, batches, groups, index, id, ttl_ms)
+  redis.call('PEXPIRE', main, ttl_ms)
+  redis.call('PEXPIRE', batches, ttl_ms)
+  redis.call('PEXPIRE', groups, ttl_ms)
+  redis.call('ZADD', index, string.format('%.0f', now_ms() + tonumber(ttl_ms)), id)
+end
+"""
+
+# KEYS: main, batches, groups, index. ARGV: id, batch id, digest, max batches, max groups, number of losses,
+# L, L labels (distinct), then (field, sum, weight, count) per total. Answers {outcome, detail}.
+_APPLY = (
+    _LUA_COMMON
+    + """
+local main, batches, groups, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta = redis.call('HMGET', main, 'ttl_ms', 'nlosses')
+if not meta[1] then return {'missing', ''} end
+local seen = redis.call('HGET', batches, ARGV[2])
+if seen then
+  if seen == ARGV[3] then return {'duplicate', ''} end
+  return {'conflict', ''}
+end
+if meta[2] ~= ARGV[6] then return {'losses', meta[2]} end
+local held = redis.call('HLEN', batches) + 1
+if held > tonumber(ARGV[4]) then return {'batches', tostring(held)} end
+local nlabels = tonumber(ARGV[7])
+local new = 0
+for i = 8, 7 + nlabels do
+  new = new + 1 - redis.call('SISMEMBER', groups, ARGV[i])
+end
+local grouped = redis.call('SCARD', groups) + new
+if grouped > tonumber(ARGV[5]) then return {'groups', tostring(grouped)} end
+local first = 8 + nlabels
+local sums = {}
+for i = first, #ARGV, 4 do
+  local field = ARGV[i]
+  local now = redis.call('HMGET', main, field .. ':s', field .. ':w', field .. ':n')
+  if num(now[3]) + tonumber(ARGV[i + 3]) >= 9.2e18 then return {'count', field} end
+  sums[#sums + 1] = fmt(num(now[1]) + tonumber(ARGV[i + 1]))
+  sums[#sums + 1] = fmt(num(now[2]) + tonumber(ARGV[i + 2]))
+end
+-- checked: from here on, only writes
+local k = 1
+for i = first, #ARGV, 4 do
+  local field = ARGV[i]
+  redis.call('HSET', main, field .. ':s', sums[k], field .. ':w', sums[k + 1])
+  redis.call('HINCRBY', main, field .. ':n', ARGV[i + 3])
+  k = k + 2
+end
+if nlabels > 0 then add_in_chunks('SADD', groups, 8, 7 + nlabels) end
+redis.call('HSET', batches, ARGV[2], ARGV[3])
+refresh(main, batches, groups, index, ARGV[1], meta[1])
+return {'applied', ''}
+"""
+)
+
+# KEYS: main, batches, groups, index. ARGV: id, max sessions, max batches, max groups, ttl_s, ttl_ms, losses
+# (JSON), number of losses, B, B (batch id, digest) pairs, L, L labels, then (field, sum, weight, count) per
+# total. Answers {outcome, detail}.
+_CREATE = (
+    _LUA_COMMON
+    + """
+local main, batches, groups, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('%.0f', now_ms()))
+local held = redis.call('ZCARD', index)
+if held >= tonumber(ARGV[2]) then return {'sessions', tostring(held)} end
+if redis.call('EXISTS', main) == 1 then return {'exists', ''} end
+local nbatches = tonumber(ARGV[9])
+if nbatches > tonumber(ARGV[3]) then return {'batches', tostring(nbatches)} end
+local at = 10 + 2 * nbatches
+local nlabels = tonumber(ARGV[at])
+if nlabels > tonumber(ARGV[4]) then return {'groups', tostring(nlabels)} end
+redis.call('HSET', main, 'losses', ARGV[7], 'ttl_s', ARGV[5], 'ttl_ms', ARGV[6], 'nlosses', ARGV[8])
+for i = at + nlabels + 1, #ARGV, 4 do
+  local field = ARGV[i]
+  redis.call('HSET', main, field .. ':s', ARGV[i + 1], field .. ':w', ARGV[i + 2], field .. ':n', ARGV[i + 3])
+end
+if nbatches > 0 then add_in_chunks('HSET', batches, 10, at - 1) end
+if nlabels > 0 then add_in_chunks('SADD', groups, at + 1, at + nlabels) end
+refresh(main, batches, groups, index, ARGV[1], ARGV[6])
+return {'created', ''}
+"""
+)
+
+_UNREACHABLE: tuple[type[BaseException], ...] = (rx.ConnectionError, rx.TimeoutError, TimeoutError)
+"""Redis cannot be reached (BusyLoadingError and AuthenticationError are ConnectionErrors)."""
+_CANNOT_SERVE: tuple[type[BaseException], ...] = (rx.ReadOnlyError, rx.OutOfMemoryError)
+_CANNOT_SERVE_PREFIXES = ("MISCONF", "BUSY", "MASTERDOWN", "TRYAGAIN", "NOREPLICAS", "LOADING", "CLUSTERDOWN")
+"""Error replies of a Redis that is up but cannot serve now (a replica after failover, out of memory, ...)."""
+
+
+def _where(url: str) -> str:
+    """The URL without its credentials, for messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return f"unix://{parts.path}"
+        host = parts.hostname or "localhost"
+        host = f"[{host}]" if ":" in host else host
+        port = parts.port or 6379
+    except ValueError:
+        return "(an unreadable Redis URL)"
+    db = parts.path if parts.path not in ("", "/") else "/0"
+    return f"{parts.scheme}://{host}:{port}{db}"
+
+
+def _increments(totals: list[LossTotals]) -> list[str]:
+    """(field, sum, weight, count) for each loss total and group: repr reads back exactly in Lua's tonumber."""
+    args: list[str] = []
+    for i, loss in enumerate(totals):
+        for field, t in [(str(i), loss.total), *((f"{i}:{label}", g) for label, g in loss.groups.items())]:
+            args += [field, repr(float(t.sum)), repr(float(t.weight)), str(int(t.count))]
+    return args
+
+
+def _totals(fields: dict[str, str], nlosses: int) -> list[LossTotals]:
+    """The totals held in a session's main hash."""
+    out = [LossTotals() for _ in range(nlosses)]
+    groups: list[dict[str, Totals]] = [{} for _ in range(nlosses)]
+    for key, value in fields.items():
+        if not key[:1].isdigit():
+            continue
+        field, kind = key.rsplit(":", 1)
+        index, _, label = field.partition(":")
+        t = groups[int(index)].setdefault(label, Totals()) if label else out[int(index)].total
+        if kind == "n":
+            t.count = int(value)
+        elif kind == "s":
+            t.sum = float(value)
+        else:
+            t.weight = float(value)
+    for loss, held in zip(out, groups, strict=True):
+        loss.groups = {label: held[label] for label in sorted(held, key=_numeric)}
+    return out
+
+
+class RedisStore:
+    """Sessions in Redis (see the module docstring). Every method is one round trip: a script or a
+    MULTI/EXEC transaction."""
+
+    def __init__(self, url: str, limits: SessionLimits, prefix: str = "lossd:"):
+        self.limits = limits
+        self.prefix = prefix
+        self.where = _where(url)
+        self._client: Redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=OPERATION_TIMEOUT_S,
+            health_check_interval=HEALTH_CHECK_INTERVAL_S,
+            # One quick retry on a broken connection (a pooled one that Redis closed, or a Redis restarted
+            # since): a retried apply whose first try went through answers "duplicate", never adds twice.
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(rx.ConnectionError,)),
+        )
+        # Script objects send EVALSHA and load the script again on NOSCRIPT (after a restart or a flush).
+        self._apply = self._client.register_script(_APPLY)
+        self._create = self._client.register_script(_CREATE)
+        self._index = f"{prefix}sessions"
+        self._definitions: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        """Loss definitions by session id, the most recent `DEFINITIONS_CACHED`: they never change, so a batch
+        needs one round trip to Redis (its apply, which finds a deleted or expired session missing), not two."""
+
+    def _forget(self, session_id: str) -> None:
+        self._definitions.pop(session_id, None)
+
+    def _keys(self, session_id: str) -> list[str]:
+        main = f"{self.prefix}{{{session_id}}}"
+        return [main, f"{main}:batches", f"{main}:groups", self._index]
+
+    @contextlib.contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """Redis errors that mean "not now" become `StoreUnavailable` (503, Retry-After)."""
+        try:
+            yield
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"the session store at {self.where} is unreachable: {_say(exc)}") from exc
+        except rx.ResponseError as exc:
+            if isinstance(exc, _CANNOT_SERVE) or str(exc).startswith(_CANNOT_SERVE_PREFIXES):
+                raise StoreUnavailable(f"the session store at {self.where} cannot serve now: {exc}") from exc
+            raise
+
+    def _missing(self, session_id: str) -> SessionNotFound:
+        return SessionNotFound(f"no session {session_id!r}: never created, deleted, or expired", loc=("id",))
+
+    def _full_batches(self, batches: int) -> SessionFull:
+        return SessionFull(
+            f"the session holds {batches - 1} batches, its limit", limit=self.limits.max_batches, actual=batches
+        )
+
+    def _full_groups(self, groups: int) -> SessionFull:
+        return SessionFull(
+            f"the session would hold {groups} group labels, over its limit of {self.limits.max_groups}",
+            loc=("groups",),
+            limit=self.limits.max_groups,
+            actual=groups,
+        )
+
+    async def create(self, losses: list[dict[str, Any]], ttl_s: int, merged: Merged | None = None) -> Record:
+        totals = merged.totals if merged else [LossTotals() for _ in losses]
+        batches = merged.batches if merged else {}
+        held = sorted(labels(totals))
+        definitions = orjson.dumps(losses).decode()
+        pairs = [x for item in batches.items() for x in item]
+        while True:
+            session_id = new_id()
+            args: list[Any] = [session_id, self.limits.max_sessions, self.limits.max_batches, self.limits.max_groups]
+            args += [ttl_s, ttl_s * 1000, definitions, len(totals), len(batches), *pairs, len(held), *held]
+            args += _increments(totals)
+            with self._unavailable():
+                outcome, detail = await self._create(keys=self._keys(session_id), args=args)
+            if outcome != "exists":  # 128 random bits: never, but then a new id
+                break
+        if outcome == "sessions":
+            raise TooManySessions(
+                f"the server holds {detail} sessions, its limit; delete finished ones",
+                limit=self.limits.max_sessions,
+                actual=int(detail) + 1,
+            )
+        if outcome == "batches":
+            raise self._full_batches(int(detail))
+        if outcome == "groups":
+            raise self._full_groups(int(detail))
+        assert outcome == "created", outcome
+        return Record(session_id, losses, ttl_s, len(batches), time.time() + ttl_s, totals)
+
+    async def get(self, session_id: str) -> Record:
+        fields, batches, pttl = await self._read(session_id, "HLEN")
+        return self._record(session_id, fields, int(batches), pttl)
+
+    async def losses(self, session_id: str) -> list[dict[str, Any]]:
+        if not _ID.fullmatch(session_id):
+            raise self._missing(session_id)
+        cached = self._definitions.get(session_id)
+        if cached is not None:
+            self._definitions.move_to_end(session_id)
+            return cached
+        with self._unavailable():
+            definitions = await self._client.hget(self._keys(session_id)[0], "losses")
+        if definitions is None:
+            raise self._missing(session_id)
+        losses: list[dict[str, Any]] = orjson.loads(definitions)
+        self._definitions[session_id] = losses
+        if len(self._definitions) > DEFINITIONS_CACHED:
+            self._definitions.popitem(last=False)
+        return losses
+
+    async def apply(self, session_id: str, batch_id: str, digest: str, increments: list[LossTotals]) -> bool:
+        if not _ID.fullmatch(session_id):
+            raise self._missing(session_id)
+        new = sorted(labels(increments))
+        args: list[Any] = [session_id, batch_id, digest, self.limits.max_batches, self.limits.max_groups]
+        args += [len(increments), len(new), *new, *_increments(increments)]
+        with self._unavailable():
+            outcome, detail = await self._apply(keys=self._keys(session_id), args=args)
+        if outcome == "applied":
+            return True
+        if outcome == "duplicate":
+            return False
+        if outcome == "missing":
+            self._forget(session_id)
+            raise self._missing(session_id)
+        if outcome == "conflict":
+            raise Conflict(
+                f"batch {batch_id!r} was applied with other content; send new batches under new ids",
+                loc=("batch_id",),
+            )
+        if outcome == "batches":
+            raise self._full_batches(int(detail))
+        if outcome == "groups":
+            raise self._full_groups(int(detail))
+        if outcome == "count":
+            raise SessionFull(f"the count of {detail!r} would pass 2^63 - 1, the most Redis holds", loc=("stats",))
+        assert outcome == "losses", outcome
+        raise ValueError(f"{len(increments)} increments for a session of {detail} losses")
+
+    async def export(self, session_id: str) -> tuple[Record, dict[str, str]]:
+        fields, batches, pttl = await self._read(session_id, "HGETALL")
+        return self._record(session_id, fields, len(batches), pttl), batches
+
+    async def delete(self, session_id: str) -> None:
+        if not _ID.fullmatch(session_id):
+            raise self._missing(session_id)
+        main, batches, groups, index = self._keys(session_id)
+        with self._unavailable():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.exists(main)
+                pipe.delete(main, batches, groups)
+                pipe.zrem(index, session_id)
+                existed, *_ = await pipe.execute()
+        self._forget(session_id)
+        if not existed:
+            raise self._missing(session_id)
+
+    async def not_ready(self) -> str | None:
+        try:
+            with self._unavailable():
+                async with asyncio.timeout(PING_TIMEOUT_S):
+                    await self._client.ping()
+        except StoreUnavailable as exc:
+            return exc.detail
+        return None
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _read(self, session_id: str, batches: str) -> tuple[dict[str, str], Any, int]:
+        """The main hash, the batches (HLEN: their number, HGETALL: all of them) and the PTTL, at one instant."""
+        if not _ID.fullmatch(session_id):
+            raise self._missing(session_id)
+        main, batches_key, _, _ = self._keys(session_id)
+        with self._unavailable():
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(main)
+                pipe.execute_command(batches, batches_key)
+                pipe.pttl(main)
+                fields, held, pttl = await pipe.execute()
+        if not fields or pttl < 0:
+            raise self._missing(session_id)
+        return fields, held, pttl
+
+    def _record(self, session_id: str, fields: dict[str, str], batches: int, pttl: int) -> Record:
+        losses = orjson.loads(fields["losses"])
+        totals = _totals(fields, int(fields["nlosses"]))
+        return Record(session_id, losses, int(fields["ttl_s"]), batches, time.time() + pttl / 1000, totals)
+
+
+def _numeric(label: str) -> tuple[int, str]:
+    """Labels in numeric order (they are decimal integers)."""
+    try:
+        return int(label), ""
+    except ValueError:
+        return 0, label
+
+
+def _say(exc: BaseException) -> str:
+    return str(exc) or f"no answer in time ({type(exc).__name__})"
