@@ -8,8 +8,9 @@ where the job runs. Errors are domain exceptions. Keeping this free of HTTP lets
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -302,13 +303,15 @@ class DataPlane:
             # definitions were validated when the session was made: no second validation per batch
             params = {k: v for k, v in definition.items() if k not in ("name", "tensors")}
             entry = schemas.LossEntry.model_construct(name=definition["name"], tensors=definition["tensors"], **params)
-            jobs.append(self._entry(i, entry, defaults, pool, groups)[2])
+            with _naming_entry(i, entry.name):
+                jobs.append(self._entry(i, entry, defaults, pool, groups)[2])
         digest = pool.digest(groups)
 
         def steps(execute: Execute) -> Batch:
             batch = Batch(request.batch_id, digest, [], [])
-            for job in jobs:
-                result = job.run(execute)
+            for i, job in enumerate(jobs):
+                with _naming_entry(i, losses[i]["name"]):
+                    result = job.run(execute)
                 assert result.stats is not None
                 batch.losses.append(float(result.loss))
                 batch.stats.append(result.stats)
@@ -410,16 +413,16 @@ class _Pool:
         return self._raw[key, variant]
 
     def digest(self, groups: Tensor | None) -> str:
-        """A digest of the tensors' content (names, dtypes, shapes, values) and the group labels: equal for
-        a batch sent again, whatever the JSON formatting of its numbers."""
+        """A digest of the tensors' content (names, shapes, values) and the group labels: equal for a batch
+        sent again, whatever the JSON spelling, wire form or declared dtype of its numbers."""
         h = hashlib.sha256()
-        items = sorted(self.values)
-        for key in items:
+        for key in sorted(self.values):
             value = self.values[key]
             if isinstance(value, dict) and "b64" in value and "dtype" not in value:
                 h.update(b"b64" + key.encode() + b"\0" + str(value).encode())
-            else:
-                _hash_tensor(h, key, self.raw(key, TensorKind.FLOAT).tensor)
+                continue
+            # the numbers, whatever their spelling (1 or 1.0), wire form or declared dtype (int32 or int64 labels)
+            _hash_tensor(h, key, self.raw(key, TensorKind.FLOAT).tensor.to(torch.float64))
         if groups is not None:
             _hash_tensor(h, "\0groups", groups)
         return h.hexdigest()[:32]
@@ -435,6 +438,21 @@ class _Pool:
             self._placed[id(t)] = placed = compute.to_device(t, self.device)
             self._keep += [t, placed]
         return self._placed[id(t)]
+
+
+@contextlib.contextmanager
+def _naming_entry(i: int, name: str) -> Iterator[None]:
+    """A session batch's error names the loss entry that refused the batch: in its detail, and as the first
+    of its `errors` (the others still point into the tensors)."""
+    try:
+        yield
+    except LossdError as exc:
+        where: Loc = ("losses", i)
+        if not exc.errors or exc.errors[0].loc[:2] != where:
+            exc.errors.insert(0, ErrorDetail(where, f"the loss {name} refused this batch"))
+        exc.detail = f"losses[{i}] ({name}): {exc.detail}"
+        exc.args = (exc.detail,)
+        raise
 
 
 def _hash_tensor(h: Any, name: str, t: Tensor) -> None:

@@ -211,6 +211,9 @@ class StatsRule:
 
     doc: str
     terms: Callable[[Mapping[str, Tensor], Any, Tensor], Terms]
+    nan_without_weight: bool = False
+    """torch's mean is NaN whenever W is 0 (cross_entropy's label smoothing adds to S what is still divided
+    by the weight of the targets: 0 / 0 in torch's terms)."""
 
 
 @dataclass
@@ -226,14 +229,16 @@ class Totals:
         self.weight += other.weight
         self.count += other.count
 
-    def loss(self, reduction: str) -> float:
-        """The dataset's loss: S for `sum`, S / W for a mean (divided by a zero weight as IEEE floats are,
-        as torch does: NaN for 0 / 0)."""
+    def loss(self, reduction: str, rule: StatsRule | None = None) -> float:
+        """The dataset's loss: S for `sum`, S / W for a mean. A zero W divides as torch does: as IEEE floats do
+        (NaN for 0 / 0), or NaN whatever S is for a rule that says so."""
         if reduction == "sum":
             return self.sum
         if self.weight != 0:
             return self.sum / self.weight
-        return math.nan if self.sum == 0 or math.isnan(self.sum) else math.copysign(math.inf, self.sum)
+        if self.sum == 0 or math.isnan(self.sum) or (rule is not None and rule.nan_without_weight):
+            return math.nan
+        return math.copysign(math.inf, self.sum)
 
 
 @dataclass
@@ -270,6 +275,7 @@ CLASS_WEIGHTED = StatsRule(
     "With class indices: S = the sum of the per-element losses, W = the summed class weight of the targets "
     "not ignored (their number without weight), n = their number. With class probabilities: a plain mean.",
     _class_weighted,
+    nan_without_weight=True,
 )
 """cross_entropy, nll_loss and linear_cross_entropy: torch's `mean` divides by the weight of the counted targets."""
 

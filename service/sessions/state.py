@@ -13,7 +13,8 @@ from typing import Any
 
 from service.codec import NON_FINITE, number
 from service.errors import Conflict, InvalidRequest
-from service.losses.registry import LossTotals, Totals
+from service.losses import REGISTRY
+from service.losses.registry import LossTotals, StatsRule, Totals
 
 __all__ = ["LossTotals", "Totals"]  # re-exported: what a session accumulates
 
@@ -63,8 +64,12 @@ class Record:
         out = []
         for definition, totals in zip(self.losses, self.totals, strict=True):
             reduction = definition["reduction"]
-            out.append(result_json(definition, totals, totals.total.loss(reduction)))
+            out.append(result_json(definition, totals, totals.total.loss(reduction, _rule(definition))))
         return out
+
+
+def _rule(definition: dict[str, Any]) -> StatsRule:
+    return REGISTRY.get(definition["name"]).stats
 
 
 def result_json(definition: dict[str, Any], totals: LossTotals, loss: float) -> dict[str, Any]:
@@ -78,7 +83,7 @@ def result_json(definition: dict[str, Any], totals: LossTotals, loss: float) -> 
     }
     if totals.groups:
         result["groups"] = {
-            label: {"loss": number(g.loss(reduction)), "stats": totals_json(g)}
+            label: {"loss": number(g.loss(reduction, _rule(definition))), "stats": totals_json(g)}
             for label, g in sorted(totals.groups.items(), key=lambda item: int(item[0]))
         }
     return result
