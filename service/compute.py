@@ -196,7 +196,13 @@ def compute(
     found = list(spec.check(tensors, params)) if spec.check else []
     try:
         on_device = {name: place(t) if place else to_device(t, device) for name, t in tensors.items()}
-        if not grad_wrt:  # no tensor requires grad, so torch records no graph: no grad mode to switch
+        totals = None
+        if not grad_wrt and stats:  # one call for both, where torch reduces its per-element result itself
+            per_element = spec(on_device, with_reduction(params, "none"))
+            value = _reduced(spec, on_device, params, per_element)
+            totals = sufficient_stats(spec, on_device, params, groups, per_element)
+            loss, *host_grads = to_host([value])
+        elif not grad_wrt:  # no tensor requires grad, so torch records no graph: no grad mode to switch
             loss, *host_grads = to_host([spec(on_device, params)])
         else:
             leaves = [on_device[name].detach().requires_grad_(True) for name in grad_wrt]
@@ -210,7 +216,7 @@ def compute(
                 grad if grad is not None else torch.zeros_like(leaf) for leaf, grad in zip(leaves, grads, strict=True)
             ]
             loss, *host_grads = to_host([loss, *filled])
-        totals = sufficient_stats(spec, on_device, params, groups) if stats else None
+            totals = sufficient_stats(spec, on_device, params, groups) if stats else None
     except torch.OutOfMemoryError as exc:
         raise ResourceExhausted(f"not enough memory on {device} for this request") from exc
     except torch.AcceleratorError as exc:  # not the client's doing, and the CUDA context is lost for good
@@ -221,15 +227,31 @@ def compute(
     return LossResult(loss=loss, grads=grads_by_name, warnings=found, device=str(device), stats=totals)
 
 
+def _reduced(spec: LossSpec, tensors: Mapping[str, Tensor], params: LossParams, per_element: Tensor) -> Tensor:
+    """torch's loss with `params`' reduction: from its per-element result where torch itself reduces that
+    (`StatsRule.reduces_elements`), else from another call."""
+    if params.reduction == "none":
+        return per_element
+    if params.reduction in ("mean", "sum") and spec.stats.reduces_elements(tensors, params):
+        return per_element.mean() if params.reduction == "mean" else per_element.sum()
+    return spec(tensors, params)
+
+
 def sufficient_stats(
-    spec: LossSpec, tensors: Mapping[str, Tensor], params: LossParams, groups: Tensor | None = None
+    spec: LossSpec,
+    tensors: Mapping[str, Tensor],
+    params: LossParams,
+    groups: Tensor | None = None,
+    per_element: Tensor | None = None,
 ) -> LossTotals:
     """The loss's sufficient statistics by its declared rule (`StatsRule`): from its `reduction="none"`
     result, S, W and n in float64, such that the loss is S / W for its mean and S for its sum; they add up
     over batches. With `groups` (one integer label per sample, along dim 0 of the per-element loss), the
-    same per label. Stats for `reduction="none"` are those of the mean."""
+    same per label. Stats for `reduction="none"` are those of the mean. `per_element`: the `reduction="none"`
+    result, when the caller has it."""
     with torch.no_grad():
-        per_element = spec(tensors, with_reduction(params, "none"))
+        if per_element is None:
+            per_element = spec(tensors, with_reduction(params, "none"))
         rule_params = with_reduction(params, "mean") if params.reduction == "none" else params
         terms = spec.stats.terms(tensors, rule_params, per_element)
         values = terms.values.double()

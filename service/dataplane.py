@@ -457,7 +457,8 @@ def _naming_entry(i: int, name: str) -> Iterator[None]:
 
 def _hash_tensor(h: Any, name: str, t: Tensor) -> None:
     h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-    h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())  # the bytes in place, not a copy
+    if t.numel():
+        h.update(t.contiguous().numpy().data.cast("B"))  # the bytes in place, not a copy
 
 
 def _relocate(detail: ErrorDetail, tensors: Mapping[str, Loc], entry: Loc) -> ErrorDetail:

@@ -59,6 +59,7 @@ KL_DIV_STATS = StatsRule(
     "mean: S = the sum of the per-element terms, W = n = their number. batchmean: W = the batch size "
     "(input's dim 0), n = the number of terms.",
     _kl_div_terms,
+    reduces_elements=lambda tensors, params: params.reduction != "batchmean",
 )
 
 

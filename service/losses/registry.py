@@ -214,6 +214,10 @@ class StatsRule:
     nan_without_weight: bool = False
     """torch's mean is NaN whenever W is 0 (cross_entropy's label smoothing adds to S what is still divided
     by the weight of the targets: 0 / 0 in torch's terms)."""
+    reduces_elements: Callable[[Mapping[str, Tensor], Any], bool] = lambda tensors, params: False
+    """Whether torch's `mean` and `sum` of this call are the mean and sum of its `reduction="none"` result, bit
+    for bit (torch reduces the per-element losses it computed): then one call gives both the loss and its
+    statistics. tests/unit/test_stats.py holds every loss that says so to it."""
 
 
 @dataclass
@@ -257,6 +261,7 @@ class LossTotals:
 MEAN_OF_ELEMENTS = StatsRule(
     "S = the sum of the per-element losses (reduction 'none'), W = n = their number.",
     lambda tensors, params, per_element: Terms(per_element),
+    reduces_elements=lambda tensors, params: True,
 )
 """The rule of a loss whose mean is the plain mean of its `reduction="none"` result."""
 

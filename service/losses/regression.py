@@ -34,6 +34,7 @@ def _weighted_terms(t: Mapping[str, Tensor], p: LossParams, per_element: Tensor)
 WEIGHTED_MEAN = StatsRule(
     "S = the sum of the per-element losses (weighted), W = the sum of `weight` (n without it), n = their number.",
     _weighted_terms,
+    reduces_elements=lambda tensors, params: tensors.get("weight") is None,
 )
 """l1 and mse: with `weight`, torch's `mean` divides the weighted sum by the sum of the weights."""
 

@@ -84,10 +84,17 @@ end
 """
 
 # KEYS: main, batches, groups, index. ARGV: id, batch id, digest, max batches, max groups, number of losses,
-# L, L labels (distinct), then (field, sum, weight, count) per total. Answers {outcome, detail}.
+# the distinct labels (space-separated), then (field, sum, weight, count) per total, space-separated: two
+# strings rather than one argument each, which redis-py would pack one by one. Answers {outcome, detail}.
 _APPLY = (
     _LUA_COMMON
     + """
+local function words(text)
+  local out = {}
+  for word in string.gmatch(text, '%S+') do out[#out + 1] = word end
+  return out
+end
+
 local main, batches, groups, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local meta = redis.call('HMGET', main, 'ttl_ms', 'nlosses')
 if not meta[1] then return {'missing', ''} end
@@ -99,31 +106,33 @@ end
 if meta[2] ~= ARGV[6] then return {'losses', meta[2]} end
 local held = redis.call('HLEN', batches) + 1
 if held > tonumber(ARGV[4]) then return {'batches', tostring(held)} end
-local nlabels = tonumber(ARGV[7])
+local new_labels = words(ARGV[7])
 local new = 0
-for i = 8, 7 + nlabels do
-  new = new + 1 - redis.call('SISMEMBER', groups, ARGV[i])
+for _, label in ipairs(new_labels) do
+  new = new + 1 - redis.call('SISMEMBER', groups, label)
 end
 local grouped = redis.call('SCARD', groups) + new
 if grouped > tonumber(ARGV[5]) then return {'groups', tostring(grouped)} end
-local first = 8 + nlabels
+local totals = words(ARGV[8])
 local sums = {}
-for i = first, #ARGV, 4 do
-  local field = ARGV[i]
+for i = 1, #totals, 4 do
+  local field = totals[i]
   local now = redis.call('HMGET', main, field .. ':s', field .. ':w', field .. ':n')
-  if num(now[3]) + tonumber(ARGV[i + 3]) >= 9.2e18 then return {'count', field} end
-  sums[#sums + 1] = fmt(num(now[1]) + tonumber(ARGV[i + 1]))
-  sums[#sums + 1] = fmt(num(now[2]) + tonumber(ARGV[i + 2]))
+  if num(now[3]) + tonumber(totals[i + 3]) >= 9.2e18 then return {'count', field} end
+  sums[#sums + 1] = fmt(num(now[1]) + tonumber(totals[i + 1]))
+  sums[#sums + 1] = fmt(num(now[2]) + tonumber(totals[i + 2]))
 end
 -- checked: from here on, only writes
 local k = 1
-for i = first, #ARGV, 4 do
-  local field = ARGV[i]
+for i = 1, #totals, 4 do
+  local field = totals[i]
   redis.call('HSET', main, field .. ':s', sums[k], field .. ':w', sums[k + 1])
-  redis.call('HINCRBY', main, field .. ':n', ARGV[i + 3])
+  redis.call('HINCRBY', main, field .. ':n', totals[i + 3])
   k = k + 2
 end
-if nlabels > 0 then add_in_chunks('SADD', groups, 8, 7 + nlabels) end
+for i = 1, #new_labels, 2000 do  -- unpack has a stack limit: a long list goes in chunks
+  redis.call('SADD', groups, unpack(new_labels, i, math.min(i + 1999, #new_labels)))
+end
 redis.call('HSET', batches, ARGV[2], ARGV[3])
 refresh(main, batches, groups, index, ARGV[1], meta[1])
 return {'applied', ''}
@@ -323,9 +332,9 @@ class RedisStore:
     async def apply(self, session_id: str, batch_id: str, digest: str, increments: list[LossTotals]) -> bool:
         if not _ID.fullmatch(session_id):
             raise self._missing(session_id)
-        new = sorted(labels(increments))
+        new = " ".join(sorted(labels(increments)))
         args: list[Any] = [session_id, batch_id, digest, self.limits.max_batches, self.limits.max_groups]
-        args += [len(increments), len(new), *new, *_increments(increments)]
+        args += [len(increments), new, " ".join(_increments(increments))]
         with self._unavailable():
             outcome, detail = await self._apply(keys=self._keys(session_id), args=args)
         if outcome == "applied":
