@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from service import compute
-from service.errors import ShapeMismatch
+from service.errors import LossdError, ShapeMismatch
 from service.losses import REGISTRY
 from service.losses.registry import LossSpec
 from tests.cases import CASES, FUNCTIONAL, Case, reference
@@ -226,6 +226,27 @@ def test_zero_class_weight_of_every_target_with_smoothing_is_nan_like_torch() ->
     assert stats is not None
     assert stats.total.weight == 0.0
     assert math.isnan(stats.total.loss("mean", spec.stats))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(("name", "case", "reduction"), _cases())
+def test_the_loss_with_stats_is_torchs_bit_for_bit(name: str, case: Case | None, reduction: str, dtype: Any) -> None:
+    """With stats, a loss whose rule says torch reduces its per-element result itself is answered from one
+    call (`StatsRule.reduces_elements`): the value must be exactly the one torch's own call gives."""
+    assert case is not None
+    _skip_missing(name)
+    spec = REGISTRY.get(name)
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in case.tensors.items()}
+    params = spec.params.model_validate({**case.params, "reduction": reduction})
+    try:
+        plain = compute.compute(spec, tensors, params)
+    except LossdError:  # no kernel of this dtype on the CPU: the same refusal with stats
+        with pytest.raises(LossdError):
+            compute.compute(spec, tensors, params, stats=True)
+        return
+    with_stats = compute.compute(spec, tensors, params, stats=True)
+    assert with_stats.loss.dtype == plain.loss.dtype
+    assert torch.equal(with_stats.loss, plain.loss) or (plain.loss.isnan().all() and with_stats.loss.isnan().all())
 
 
 def test_groups_of_the_wrong_shape_are_refused() -> None:
