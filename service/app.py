@@ -98,7 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["*"],
-            expose_headers=["X-Request-ID", "Inference-Header-Content-Length", "Retry-After", "WWW-Authenticate"],
+            expose_headers=[
+                "X-Request-ID",
+                "Inference-Header-Content-Length",
+                "Retry-After",
+                "WWW-Authenticate",
+                "Location",
+            ],
             max_age=600,
         )
 

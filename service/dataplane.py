@@ -231,7 +231,12 @@ class DataPlane:
         if (request.losses is None) == (request.from_states is None):
             raise InvalidRequest("give either losses or from_states", loc=("losses",))
         if request.ttl_s > max_ttl_s:
-            raise InvalidRequest(f"ttl_s may be at most {max_ttl_s} seconds (LOSSD_SESSION_MAX_TTL_S)", loc=("ttl_s",))
+            raise InvalidRequest(
+                f"ttl_s may be at most {max_ttl_s} seconds (LOSSD_SESSION_MAX_TTL_S)",
+                loc=("ttl_s",),
+                limit=max_ttl_s,
+                actual=request.ttl_s,
+            )
         merged = None
         if request.from_states is not None:
             merged = merge(request.from_states)

@@ -374,6 +374,7 @@ def test_ttl_beyond_the_maximum_is_refused(make_client: Client) -> None:
     client = make_client(session_max_ttl_s=100)
     body = problem(client.post("/v1/sessions", json={"losses": LOSSES, "ttl_s": 101}), 422, "invalid-request")
     assert body["errors"][0]["loc"] == ["body", "ttl_s"]
+    assert (body["limit"], body["actual"]) == (100, 101)
     create(client, ttl_s=100)
 
 
