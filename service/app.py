@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.lossd = state
     app.router.redirect_slashes = False  # a 307 to a URL built from the Host header: answer 404 instead
     errors.install(app)
-    app.router.routes.append(v1.loss_route())
+    app.router.routes += [v1.loss_route(), sessions.batch_route()]
     app.include_router(v1.build_router())
     app.include_router(sessions.router)
     app.include_router(v2.router)
@@ -190,7 +190,7 @@ def _document_errors(document: dict[str, Any]) -> None:
 def build_openapi(app: FastAPI, plane: DataPlane) -> dict[str, Any]:
     """FastAPI's document, one operation per loss, errors from the table, and the request models."""
     document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    for path, item in v1.openapi_paths(plane.registry, plane.models).items():
+    for path, item in (v1.openapi_paths(plane.registry, plane.models) | sessions.openapi_paths()).items():
         document["paths"].setdefault(path, {}).update(item)
     _document_errors(document)
     components = document.setdefault("components", {}).setdefault("schemas", {})

@@ -69,23 +69,29 @@ EXTRA_SCHEMAS = {"Tensor": TENSOR_SCHEMA, "Number": NUMBER_SCHEMA}
 """Component schemas referenced by the generated models, added to the OpenAPI document."""
 
 _TENSOR_MARK = "lossd:tensor"
+_NUMBER_MARK = "lossd:number"
+NumberField = Annotated[float | str, WithJsonSchema({"$comment": _NUMBER_MARK})]
+"""A float64 in a response: a JSON number, or "NaN", "Infinity", "-Infinity" (the `Number` schema in OpenAPI)."""
 TensorField = Annotated[Any, WithJsonSchema({"$comment": _TENSOR_MARK})]
 """A tensor argument: any JSON value for pydantic (the codec reads it), the `Tensor` schema in OpenAPI."""
 
 
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     """`model`'s JSON schema for the OpenAPI components, tensor fields pointing at the `Tensor` schema."""
-    schema: dict[str, Any] = _point_at_tensor(model.model_json_schema(ref_template="#/components/schemas/{model}"))
+    schema: dict[str, Any] = _point_at_marked(model.model_json_schema(ref_template="#/components/schemas/{model}"))
     return schema
 
 
-def _point_at_tensor(node: Any) -> Any:
+_MARKED = {_TENSOR_MARK: "#/components/schemas/Tensor", _NUMBER_MARK: "#/components/schemas/Number"}
+
+
+def _point_at_marked(node: Any) -> Any:
     if isinstance(node, dict):
-        if node.get("$comment") == _TENSOR_MARK:
-            node = {k: v for k, v in node.items() if k != "$comment"} | {"$ref": "#/components/schemas/Tensor"}
-        return {k: _point_at_tensor(v) for k, v in node.items()}
+        if node.get("$comment") in _MARKED:
+            node = {k: v for k, v in node.items() if k != "$comment"} | {"$ref": _MARKED[node["$comment"]]}
+        return {k: _point_at_marked(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_point_at_tensor(v) for v in node]
+        return [_point_at_marked(v) for v in node]
     return node
 
 
@@ -131,8 +137,10 @@ _KIND_WORDS = {
 class Stats(BaseModel):
     """A loss's sufficient statistics: the loss is sum / weight for its mean reduction, sum for `sum`."""
 
-    sum: float = Field(description="S: the sum of the loss terms (float64).")
-    weight: float = Field(description="W: the weight the mean divides by (float64).")
+    sum: NumberField = Field(
+        description='S: the sum of the loss terms (float64; "NaN", "Infinity"... when not finite).'
+    )
+    weight: NumberField = Field(description="W: the weight the mean divides by (float64).")
     count: int = Field(description="n: the number of loss terms that entered (ignored targets left out).")
 
 
@@ -197,7 +205,7 @@ class SessionResult(BaseModel):
 
     name: str
     reduction: str
-    loss: float | str | None = Field(description="S / W for a mean, S for a sum (NaN when W is 0).")
+    loss: NumberField = Field(description='S / W for a mean, S for a sum ("NaN" when W is 0, as torch).')
     stats: Stats
     groups: dict[str, Any] | None = Field(None, description='Per group label: {"loss", "stats"}.')
 
