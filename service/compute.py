@@ -304,13 +304,15 @@ def _group_totals(terms: Terms, values: Tensor, groups: Tensor) -> dict[str, Tot
                 f"per-element loss's dim 0 ({samples} samples)",
                 loc=("groups",),
             )
+    if samples == 0:  # an empty batch adds nothing to any group
+        return {}
     labels, inverse = torch.unique(groups.to(values.device), return_inverse=True)
 
     def per_label(x: Tensor) -> Tensor:
         rows = x.double().reshape(samples, -1).sum(1)
         return torch.zeros(len(labels), dtype=torch.float64, device=x.device).index_add_(0, inverse, rows)
 
-    each = values[0].numel() if samples else 0
+    each = values[0].numel()
     n = per_label(counted) if counted is not None else per_label(torch.full((samples,), each, device=values.device))
     w = per_label(weight) if weight is not None else n
     rows = torch.stack([per_label(values), w, n], dim=1).tolist()

@@ -120,14 +120,14 @@ class Settings(BaseSettings):
     redis_prefix: str = "lossd:"
     """Prefix of every Redis key lossd writes, so several deployments can share one Redis."""
 
-    sessions_max: int = Field(1000, ge=1)
+    sessions_max: int = Field(100, ge=1)
     """Sessions held at once (429 beyond); in Redis, over every replica."""
 
     session_max_batches: int = Field(100_000, ge=1)
     """Batches one session may take (413 beyond): its batch ids are kept, for exactly-once accumulation."""
 
     session_max_groups: int = Field(10_000, ge=1)
-    """Distinct group labels in one session (413 beyond)."""
+    """Group totals one session may hold: its distinct group labels times its losses (413 beyond)."""
 
     session_max_ttl_s: int = Field(7 * 86400, ge=1)
     """Longest `ttl_s` a session may ask for (422 beyond); each batch renews the TTL."""

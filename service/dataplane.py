@@ -84,6 +84,8 @@ class Batch:
     digest: str
     losses: list[float]
     stats: list[LossTotals]
+    warnings: list[list[str]]
+    """What torch would have printed for each loss (broadcasting, say)."""
 
 
 @dataclass
@@ -313,13 +315,14 @@ class DataPlane:
         digest = pool.digest(groups)
 
         def steps(execute: Execute) -> Batch:
-            batch = Batch(request.batch_id, digest, [], [])
+            batch = Batch(request.batch_id, digest, [], [], [])
             for i, job in enumerate(jobs):
                 with _naming_entry(i, losses[i]["name"]):
                     result = job.run(execute)
                 assert result.stats is not None
                 batch.losses.append(float(result.loss))
                 batch.stats.append(result.stats)
+                batch.warnings.append(result.warnings)
             return batch
 
         work = max(job.work_bytes for job in jobs)
@@ -423,8 +426,8 @@ class _Pool:
         h = hashlib.sha256()
         for key in sorted(self.values):
             value = self.values[key]
-            if isinstance(value, dict) and "b64" in value and "dtype" not in value:
-                h.update(b"b64" + key.encode() + b"\0" + str(value).encode())
+            if isinstance(value, dict) and "b64" in value and "dtype" not in value:  # its dtype is the loss's choice
+                h.update(f"{key}\0b64\0{value.get('shape')}\0{value['b64']}".encode())
                 continue
             # the numbers, whatever their spelling (1 or 1.0), wire form or declared dtype (int32 or int64 labels)
             _hash_tensor(h, key, self.raw(key, TensorKind.FLOAT).tensor.to(torch.float64))

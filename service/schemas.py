@@ -192,7 +192,7 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     batch_id: str = Field(
-        min_length=1, max_length=256, description="The batch's id: a batch id applied before is not applied again."
+        min_length=1, max_length=128, description="The batch's id: a batch id applied before is not applied again."
     )
     tensors: dict[str, TensorField] = Field(description="Tensors by name; each loss takes its arguments from here.")
     groups: TensorField | None = Field(
@@ -208,6 +208,7 @@ class SessionResult(BaseModel):
     loss: NumberField = Field(description='S / W for a mean, S for a sum ("NaN" when W is 0, as torch).')
     stats: Stats
     groups: dict[str, Any] | None = Field(None, description='Per group label: {"loss", "stats"}.')
+    warnings: list[str] | None = Field(None, description="A batch's warnings torch would have printed (broadcasting).")
 
 
 class SessionCreated(BaseModel):

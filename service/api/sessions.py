@@ -87,8 +87,8 @@ class BatchEndpoint:
         batch = await state.compute(body, content_encoding, job, scope["lossd"]["hold"])
         applied = await state.sessions.apply(session_id, batch.batch_id, batch.digest, batch.stats)
         results = [
-            result_json(definition, stats, loss)
-            for definition, stats, loss in zip(losses, batch.stats, batch.losses, strict=True)
+            result_json(definition, stats, loss) | ({"warnings": warnings} if warnings else {})
+            for definition, stats, loss, warnings in zip(losses, batch.stats, batch.losses, batch.warnings, strict=True)
         ]
         await send_json(send, codec.dumps({"batch_id": batch.batch_id, "duplicate": not applied, "results": results}))
 

@@ -47,8 +47,8 @@ def check_kl_div(t: Mapping[str, Tensor], p: KlDivParams) -> Sequence[str]:
 
 
 def _kl_div_terms(t: Mapping[str, Tensor], p: KlDivParams, per_element: Tensor) -> Terms:
-    if p.reduction != "batchmean" or per_element.ndim == 0:
-        return Terms(per_element)
+    if p.reduction != "batchmean" or per_element.ndim == 0 or per_element.shape[0] == 0:
+        return Terms(per_element)  # (an empty batch: nothing to weigh)
     # torch divides the sum by input.size(0): one unit of weight per sample (per row of the result)
     rows = per_element.shape[0]
     each = t["input"].shape[0] / rows

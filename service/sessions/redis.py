@@ -111,7 +111,7 @@ local new = 0
 for _, label in ipairs(new_labels) do
   new = new + 1 - redis.call('SISMEMBER', groups, label)
 end
-local grouped = redis.call('SCARD', groups) + new
+local grouped = (redis.call('SCARD', groups) + new) * tonumber(ARGV[6])  -- group totals: labels x losses
 if grouped > tonumber(ARGV[5]) then return {'groups', tostring(grouped)} end
 local totals = words(ARGV[8])
 local sums = {}
@@ -154,7 +154,7 @@ local nbatches = tonumber(ARGV[9])
 if nbatches > tonumber(ARGV[3]) then return {'batches', tostring(nbatches)} end
 local at = 10 + 2 * nbatches
 local nlabels = tonumber(ARGV[at])
-if nlabels > tonumber(ARGV[4]) then return {'groups', tostring(nlabels)} end
+if nlabels * tonumber(ARGV[8]) > tonumber(ARGV[4]) then return {'groups', tostring(nlabels * tonumber(ARGV[8]))} end
 redis.call('HSET', main, 'losses', ARGV[7], 'ttl_s', ARGV[5], 'ttl_ms', ARGV[6], 'nlosses', ARGV[8])
 for i = at + nlabels + 1, #ARGV, 4 do
   local field = ARGV[i]
@@ -227,7 +227,23 @@ class RedisStore:
         self.limits = limits
         self.prefix = prefix
         self.where = _where(url)
-        self._client: Redis = Redis.from_url(
+        try:
+            self._client: Redis = self._connect(url)
+        except ValueError:  # its message may quote part of the password
+            raise ValueError(
+                "LOSSD_REDIS_URL is not a valid redis:// URL (percent-encode special characters of a password)"
+            ) from None
+        # Script objects send EVALSHA and load the script again on NOSCRIPT (after a restart or a flush).
+        self._apply = self._client.register_script(_APPLY)
+        self._create = self._client.register_script(_CREATE)
+        self._index = f"{prefix}sessions"
+        self._definitions: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        """Loss definitions by session id, the most recent `DEFINITIONS_CACHED`: they never change, so a batch
+        needs one round trip to Redis (its apply, which finds a deleted or expired session missing), not two."""
+
+    @staticmethod
+    def _connect(url: str) -> Redis:
+        return Redis.from_url(
             url,
             decode_responses=True,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
@@ -237,13 +253,6 @@ class RedisStore:
             # since): a retried apply whose first try went through answers "duplicate", never adds twice.
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(rx.ConnectionError,)),
         )
-        # Script objects send EVALSHA and load the script again on NOSCRIPT (after a restart or a flush).
-        self._apply = self._client.register_script(_APPLY)
-        self._create = self._client.register_script(_CREATE)
-        self._index = f"{prefix}sessions"
-        self._definitions: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        """Loss definitions by session id, the most recent `DEFINITIONS_CACHED`: they never change, so a batch
-        needs one round trip to Redis (its apply, which finds a deleted or expired session missing), not two."""
 
     def _forget(self, session_id: str) -> None:
         self._definitions.pop(session_id, None)
@@ -260,7 +269,9 @@ class RedisStore:
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"the session store at {self.where} is unreachable: {_say(exc)}") from exc
         except rx.ResponseError as exc:
-            if isinstance(exc, _CANNOT_SERVE) or str(exc).startswith(_CANNOT_SERVE_PREFIXES):
+            # a pipeline wraps the reply: "Command # 1 (HGETALL ...) of pipeline caused error: BUSY ..."
+            reply = str(exc).rpartition("caused error: ")[2].lstrip("('\"")
+            if isinstance(exc, _CANNOT_SERVE) or reply.startswith(_CANNOT_SERVE_PREFIXES):
                 raise StoreUnavailable(f"the session store at {self.where} cannot serve now: {exc}") from exc
             raise
 
@@ -274,7 +285,8 @@ class RedisStore:
 
     def _full_groups(self, groups: int) -> SessionFull:
         return SessionFull(
-            f"the session would hold {groups} group labels, over its limit of {self.limits.max_groups}",
+            f"the session would hold {groups} group totals (group labels x losses), over its limit of "
+            f"{self.limits.max_groups}",
             loc=("groups",),
             limit=self.limits.max_groups,
             actual=groups,

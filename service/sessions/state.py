@@ -146,9 +146,10 @@ def _read_state(
 ) -> tuple[list[dict[str, Any]], list[LossTotals], dict[str, str]]:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise InvalidRequest(f"not a lossd session state (its format must be {STATE_FORMAT!r})", loc=where)
-    if state.get("version") != STATE_VERSION:
+    version = state.get("version")
+    if type(version) is not int or version != STATE_VERSION:
         raise InvalidRequest(
-            f"state version {state.get('version')!r} is not one this server reads ({STATE_VERSION})",
+            f"state version {version!r} is not one this server reads ({STATE_VERSION})",
             loc=(*where, "version"),
         )
     losses, totals, batches = state.get("losses"), state.get("totals"), state.get("batches")

@@ -100,7 +100,7 @@ class MemoryStore:
             )
         totals = copy.deepcopy(merged.totals) if merged else [LossTotals() for _ in losses]
         batches = dict(merged.batches) if merged else {}
-        self._check_limits(len(batches), labels(totals))
+        self._check_limits(len(batches), labels(totals), len(losses))
         session = _Session(losses, ttl_s, self.clock() + ttl_s, totals, batches, labels(totals))
         session_id = new_id()
         self._sessions[session_id] = session
@@ -125,7 +125,7 @@ class MemoryStore:
                 )
             return False
         new_labels = labels(increments) - session.labels
-        self._check_limits(len(session.batches) + 1, session.labels | new_labels)
+        self._check_limits(len(session.batches) + 1, session.labels | new_labels, len(session.totals))
         for into, add in zip(session.totals, increments, strict=True):
             into.add(add)
         session.labels |= new_labels
@@ -147,17 +147,19 @@ class MemoryStore:
     async def close(self) -> None:
         self._sessions.clear()
 
-    def _check_limits(self, batches: int, all_labels: set[str]) -> None:
+    def _check_limits(self, batches: int, all_labels: set[str], losses: int) -> None:
         if batches > self.limits.max_batches:
             raise SessionFull(
                 f"the session holds {batches - 1} batches, its limit", limit=self.limits.max_batches, actual=batches
             )
-        if len(all_labels) > self.limits.max_groups:
+        totals = len(all_labels) * losses  # what each batch adds to, and GET and the state hold
+        if totals > self.limits.max_groups:
             raise SessionFull(
-                f"the session would hold {len(all_labels)} group labels, over its limit of {self.limits.max_groups}",
+                f"the session would hold {totals} group totals (group labels x losses), over its limit of "
+                f"{self.limits.max_groups}",
                 loc=("groups",),
                 limit=self.limits.max_groups,
-                actual=len(all_labels),
+                actual=totals,
             )
 
     def _find(self, session_id: str) -> _Session:

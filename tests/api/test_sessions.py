@@ -7,6 +7,7 @@ service answers (each batch's own, the dataset's, each group's, merged states') 
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Callable
@@ -427,7 +428,7 @@ def test_too_many_batches_is_413(make_client: Client) -> None:
 
 
 def test_too_many_groups_is_413(make_client: Client) -> None:
-    client = make_client(session_max_groups=3)
+    client = make_client(session_max_groups=9)  # 3 labels x the session's 3 losses
     session = create(client)
     first = batch_body("g1", BATCHES["b1"], "flat")
     first["groups"] = [0, 1, 0]
@@ -436,7 +437,7 @@ def test_too_many_groups_is_413(make_client: Client) -> None:
     second = batch_body("g2", BATCHES["b1"], "flat")
     second["groups"] = [2, 3, 2]  # labels 0, 1, 2, 3: one too many
     body = problem(client.post(f"/v1/sessions/{session}/batches", json=second), 413, "session-full")
-    assert (body["limit"], body["actual"]) == (3, 4)
+    assert (body["limit"], body["actual"]) == (9, 12)
     assert body["errors"][0]["loc"] == ["body", "groups"]
     assert view(client, session) == before
     second["groups"] = [2, 1, 2]
@@ -542,3 +543,41 @@ def test_sessions_in_several_worker_processes_need_redis(make_client: Callable[.
     assert "LOSSD_REDIS_URL" in body["detail"]
     problem(client.get("/v1/sessions/0123456789abcdef0123456789abcdef"), 501, "not-configured")
     assert client.post("/v1/losses/mse", json={"input": [1.0], "target": [0.0]}).status_code == 200
+
+
+def test_an_empty_batch_adds_nothing(client: TestClient) -> None:
+    """No samples, with or without (empty) groups: a 200 that changes no value (kl_div batchmean included)."""
+    session = filled(client, ("b1",))
+    before = view(client, session)["results"]
+    empty = batch_body("empty", slice(0, 0), "flat")
+    assert empty["groups"] == []
+    answer = send(client, session, empty)
+    assert [r["stats"]["count"] for r in answer["results"]] == [0, 0, 0]
+    del empty["groups"]
+    empty["batch_id"] = "empty, no groups"
+    send(client, session, empty)
+    assert view(client, session)["results"] == before
+    assert view(client, session)["batches"] == 3
+
+
+def test_base64_without_dtype_is_a_duplicate_whatever_its_key_order(client: TestClient) -> None:
+    session = create(client, [{"name": "mse"}])
+    values = torch.tensor([1.0, 2.0, 4.0]).numpy().tobytes()
+    b64 = base64.b64encode(values).decode()
+    first = {"batch_id": "a", "tensors": {"input": {"b64": b64, "shape": [3]}, "target": [0.0, 0.0, 1.0]}}
+    again = {"batch_id": "a", "tensors": {"target": [0, 0, 1], "input": {"shape": [3], "b64": b64}}}
+    assert send(client, session, first)["duplicate"] is False
+    assert send(client, session, again)["duplicate"] is True
+    (result,) = view(client, session)["results"]
+    expected = F.mse_loss(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.0, 0.0, 1.0]))
+    close(result["loss"], expected, {"rtol": 1e-6, "atol": 0.0})
+
+
+def test_a_batch_reports_torchs_warnings(client: TestClient) -> None:
+    """input (N, 1) and target (N): torch broadcasts and warns; the batch's answer says so, as /v1/losses does."""
+    session = create(client, [{"name": "mse"}])
+    body = {"batch_id": "w", "tensors": {"input": [[1.0], [2.0]], "target": [0.0, 1.0]}}
+    (result,) = send(client, session, body)["results"]
+    assert "broadcast" in " ".join(result["warnings"])
+    expected = F.mse_loss(torch.tensor([[1.0], [2.0]]), torch.tensor([0.0, 1.0]))  # torch warns the same way
+    close(result["loss"], expected, {"rtol": 1e-6, "atol": 0.0})

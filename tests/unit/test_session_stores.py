@@ -33,7 +33,7 @@ from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
-LIMITS = SessionLimits(max_sessions=10, max_batches=100, max_groups=8)
+LIMITS = SessionLimits(max_sessions=10, max_batches=100, max_groups=16)
 LOSSES: list[dict[str, Any]] = [
     {"name": "mse_loss", "reduction": "mean", "tensors": ["input", "target"]},
     {"name": "l1_loss", "reduction": "sum", "tensors": ["input", "target"]},
@@ -204,7 +204,7 @@ async def test_duplicate_and_conflict(backend: Backend) -> None:
 
 
 async def test_batch_limit(backend: Backend) -> None:
-    async with backend.store(SessionLimits(max_sessions=10, max_batches=2, max_groups=8)) as store:
+    async with backend.store(SessionLimits(max_sessions=10, max_batches=2, max_groups=16)) as store:
         session = (await store.create(LOSSES, ttl_s=60)).id
         assert await store.apply(session, "b1", "d1", B1)
         assert await store.apply(session, "b2", "d2", B2)
@@ -219,10 +219,10 @@ async def test_batch_limit(backend: Backend) -> None:
 
 
 async def test_group_limit(backend: Backend) -> None:
-    async with backend.store(SessionLimits(max_sessions=10, max_batches=100, max_groups=3)) as store:
+    async with backend.store(SessionLimits(max_sessions=10, max_batches=100, max_groups=6)) as store:
         session = (await store.create(LOSSES, ttl_s=60)).id
         assert await store.apply(session, "b1", "d1", B1)  # labels 0, 1
-        # labels over every loss count once each: 0, 1, 5 in the first loss, 1 and 5 again in the second
+        # a label counts once per loss of the session: labels 0, 1, 5 (in any loss) make 3 x 2 group totals
         fits = [inc(1.0, 1.0, 1, g5=(1.0, 1.0, 1), g1=(0.0, 0.0, 0)), inc(1.0, 1.0, 1, g5=(1.0, 1.0, 1))]
         too_many = [
             inc(1.0, 1.0, 1, g6=(1.0, 1.0, 1), g8=(1.0, 1.0, 1)),
@@ -230,12 +230,12 @@ async def test_group_limit(backend: Backend) -> None:
         ]
         with pytest.raises(SessionFull) as caught:
             await store.apply(session, "b2", "d2", [*fits[:1], too_many[1]])
-        detail = "the session would hold 4 group labels, over its limit of 3"
-        same_error(caught.value, SessionFull, detail, loc=("groups",), limit=3, actual=4)
+        detail = "the session would hold 8 group totals (group labels x losses), over its limit of 6"
+        same_error(caught.value, SessionFull, detail, loc=("groups",), limit=6, actual=8)
         with pytest.raises(SessionFull) as caught:
             await store.apply(session, "b2", "d2", too_many)
-        detail = "the session would hold 5 group labels, over its limit of 3"
-        same_error(caught.value, SessionFull, detail, loc=("groups",), limit=3, actual=5)
+        detail = "the session would hold 10 group totals (group labels x losses), over its limit of 6"
+        same_error(caught.value, SessionFull, detail, loc=("groups",), limit=6, actual=10)
         record, batches = await store.export(session)  # nothing of the refused batches
         assert record.batches == 1
         assert batches == {"b1": "d1"}
@@ -245,7 +245,7 @@ async def test_group_limit(backend: Backend) -> None:
 
 
 async def test_sessions_limit(backend: Backend) -> None:
-    async with backend.store(SessionLimits(max_sessions=2, max_batches=100, max_groups=8)) as store:
+    async with backend.store(SessionLimits(max_sessions=2, max_batches=100, max_groups=16)) as store:
         first = (await store.create(LOSSES, ttl_s=60)).id
         await store.create(LOSSES, ttl_s=60)
         with pytest.raises(TooManySessions) as caught:
@@ -257,7 +257,7 @@ async def test_sessions_limit(backend: Backend) -> None:
 
 
 async def test_ttl_expiry_and_refresh(backend: Backend) -> None:
-    async with backend.store(SessionLimits(max_sessions=1, max_batches=100, max_groups=8)) as store:
+    async with backend.store(SessionLimits(max_sessions=1, max_batches=100, max_groups=16)) as store:
         start = backend.now()
         session = (await store.create(LOSSES, ttl_s=1)).id
         await backend.advance(0.5)
@@ -299,15 +299,15 @@ async def test_merged_create(backend: Backend) -> None:
         assert exact((await store.get(record.id)).totals) == exact(after)
 
     many = Merged(LOSSES, expected(B1), {str(i): "d" for i in range(3)})
-    async with backend.store(SessionLimits(max_sessions=10, max_batches=2, max_groups=8)) as store:
+    async with backend.store(SessionLimits(max_sessions=10, max_batches=2, max_groups=16)) as store:
         with pytest.raises(SessionFull) as caught:
             await store.create(LOSSES, ttl_s=60, merged=many)
         same_error(caught.value, SessionFull, "the session holds 2 batches, its limit", limit=2, actual=3)
-    async with backend.store(SessionLimits(max_sessions=10, max_batches=100, max_groups=2)) as store:
+    async with backend.store(SessionLimits(max_sessions=10, max_batches=100, max_groups=4)) as store:
         with pytest.raises(SessionFull) as caught:
             await store.create(LOSSES, ttl_s=60, merged=Merged(LOSSES, expected(B1, B2), {}))
-        detail = "the session would hold 3 group labels, over its limit of 2"
-        same_error(caught.value, SessionFull, detail, loc=("groups",), limit=2, actual=3)
+        detail = "the session would hold 6 group totals (group labels x losses), over its limit of 4"
+        same_error(caught.value, SessionFull, detail, loc=("groups",), limit=4, actual=6)
 
 
 async def test_special_values(backend: Backend) -> None:
@@ -334,7 +334,7 @@ async def test_special_values(backend: Backend) -> None:
 
 async def test_large_session(backend: Backend) -> None:
     """Thousands of batch ids and labels (the scripts pass them to Redis in chunks)."""
-    limits = SessionLimits(max_sessions=10, max_batches=5000, max_groups=5000)
+    limits = SessionLimits(max_sessions=10, max_batches=5000, max_groups=10000)
     totals = [LossTotals(Totals(1.0, 1.0, 1), {str(i): Totals(i / 7, 1.0, 1) for i in range(4000)}), LossTotals()]
     merged = Merged(LOSSES, copy.deepcopy(totals), {f"b{i}": f"d{i}" for i in range(4100)})
     labels = [*map(str, range(4000)), *map(str, range(-1000, 0))]
@@ -346,7 +346,7 @@ async def test_large_session(backend: Backend) -> None:
         assert await store.apply(session, "new", "d", batch)
         with pytest.raises(SessionFull) as caught:
             await store.apply(session, "more", "d", [inc(1.0, 1.0, 1, m1001=(1.0, 1.0, 1)), LossTotals()])
-        assert caught.value.actual == 5001
+        assert caught.value.actual == 10002  # 5001 labels x 2 losses
         record, batches = await store.export(session)
         assert len(batches) == 4101
         assert record.batches == 4101
@@ -381,7 +381,7 @@ async def test_float_sums_bit_identical(redis_server: RedisServer) -> None:
     ]
     cancel = [[inc(1e16, 1e16, 1), inc(0.1, 0.1, 1)], [inc(1.0, 1.0, 1), inc(0.2, 0.2, 1)]]
     cancel += [[inc(-1e16, -1e16, 1), inc(-0.3, 0.3, 1)]]
-    limits = SessionLimits(max_sessions=10, max_batches=1000, max_groups=16)
+    limits = SessionLimits(max_sessions=10, max_batches=1000, max_groups=32)
     async with (
         Backend("memory").store(limits) as memory,
         Backend("redis", redis_server).store(limits) as redis,
@@ -407,7 +407,7 @@ async def test_float_sums_bit_identical(redis_server: RedisServer) -> None:
 
 
 async def test_concurrent_applies_from_two_replicas(redis_server: RedisServer) -> None:
-    limits = SessionLimits(max_sessions=10, max_batches=1000, max_groups=8)
+    limits = SessionLimits(max_sessions=10, max_batches=1000, max_groups=16)
     async with (
         Backend("redis", redis_server).store(limits) as one,
         Backend("redis", redis_server).store(limits) as two,
@@ -432,7 +432,7 @@ async def test_concurrent_applies_from_two_replicas(redis_server: RedisServer) -
 
 
 async def test_sessions_limit_over_replicas(redis_server: RedisServer) -> None:
-    limits = SessionLimits(max_sessions=3, max_batches=100, max_groups=8)
+    limits = SessionLimits(max_sessions=3, max_batches=100, max_groups=16)
     async with (
         Backend("redis", redis_server).store(limits) as one,
         Backend("redis", redis_server).store(limits) as two,
@@ -531,6 +531,36 @@ async def test_redis_not_answering(redis_server: RedisServer) -> None:
         assert exact(record.totals) == exact(expected(B1))
 
 
+async def test_a_busy_redis_is_unavailable_on_every_route(redis_server: RedisServer) -> None:
+    """A Redis busy running a long script answers BUSY to everything, reads in a MULTI pipeline included
+    (redis-py wraps that reply in its own words): 503s, never 500s; then it serves again."""
+    async with Backend("redis", redis_server).store() as store:
+        session = (await store.create(LOSSES, ttl_s=60)).id
+        admin, busy = Redis.from_url(redis_server.url), Redis.from_url(redis_server.url)
+        await admin.config_set("busy-reply-threshold", 100)
+        spin = asyncio.create_task(busy.eval("while true do end", 0))
+        try:
+            await asyncio.sleep(0.3)
+            for call in (
+                store.get(session),
+                store.export(session),
+                store.delete(session),
+                store.apply(session, "b1", "d1", B1),
+                store.create(LOSSES, ttl_s=60),
+            ):
+                with pytest.raises(StoreUnavailable, match="cannot serve now"):
+                    await call
+            assert await store.not_ready() is not None
+        finally:
+            await admin.script_kill()
+            with pytest.raises(Exception, match="killed"):
+                await spin
+            await admin.aclose()
+            await busy.aclose()
+        assert await store.apply(session, "b1", "d1", B1) is True
+        assert (await store.get(session)).batches == 1
+
+
 async def test_script_flushed(redis_server: RedisServer) -> None:
     async with Backend("redis", redis_server).store() as store:
         session = (await store.create(LOSSES, ttl_s=60)).id
@@ -562,3 +592,12 @@ async def test_appendonly_restart_keeps_sessions(tmp_path: Path) -> None:
             assert await store.apply(session, "b1", "d1", B1) is False
             assert await store.apply(session, "b3", "d3", B1) is True  # the script, loaded again
             assert exact((await store.get(session)).totals) == exact(expected(B1, B2, B1))
+
+
+def test_a_malformed_url_is_refused_without_quoting_it() -> None:
+    """An unencoded '?' in the password breaks the URL; the error must not quote a piece of the password."""
+    with pytest.raises(ValueError, match="not a valid redis:// URL") as caught:
+        RedisStore("redis://:Secr3tE?x@127.0.0.1:16391/0", LIMITS)
+    assert "Secr3t" not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
