@@ -34,9 +34,9 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from service.errors import Conflict, SessionFull, SessionNotFound, StoreUnavailable, TooManySessions
+from service.errors import Conflict, SessionFull, StoreUnavailable, TooManySessions
 from service.sessions.state import LossTotals, Merged, Record, Totals, labels
-from service.sessions.store import SessionLimits, new_id
+from service.sessions.store import SessionLimits, missing, new_id
 
 CONNECT_TIMEOUT_S = 1.0
 OPERATION_TIMEOUT_S = 5.0
@@ -275,23 +275,6 @@ class RedisStore:
                 raise StoreUnavailable(f"the session store at {self.where} cannot serve now: {exc}") from exc
             raise
 
-    def _missing(self, session_id: str) -> SessionNotFound:
-        return SessionNotFound(f"no session {session_id!r}: never created, deleted, or expired", loc=("id",))
-
-    def _full_batches(self, batches: int) -> SessionFull:
-        return SessionFull(
-            f"the session holds {batches - 1} batches, its limit", limit=self.limits.max_batches, actual=batches
-        )
-
-    def _full_groups(self, groups: int) -> SessionFull:
-        return SessionFull(
-            f"the session would hold {groups} group totals (group labels x losses), over its limit of "
-            f"{self.limits.max_groups}",
-            loc=("groups",),
-            limit=self.limits.max_groups,
-            actual=groups,
-        )
-
     async def create(self, losses: list[dict[str, Any]], ttl_s: int, merged: Merged | None = None) -> Record:
         totals = merged.totals if merged else [LossTotals() for _ in losses]
         batches = merged.batches if merged else {}
@@ -314,9 +297,9 @@ class RedisStore:
                 actual=int(detail) + 1,
             )
         if outcome == "batches":
-            raise self._full_batches(int(detail))
+            raise self.limits.full_batches(int(detail))
         if outcome == "groups":
-            raise self._full_groups(int(detail))
+            raise self.limits.full_groups(int(detail))
         assert outcome == "created", outcome
         return Record(session_id, losses, ttl_s, len(batches), time.time() + ttl_s, totals)
 
@@ -326,7 +309,7 @@ class RedisStore:
 
     async def losses(self, session_id: str) -> list[dict[str, Any]]:
         if not _ID.fullmatch(session_id):
-            raise self._missing(session_id)
+            raise missing(session_id)
         cached = self._definitions.get(session_id)
         if cached is not None:
             self._definitions.move_to_end(session_id)
@@ -334,7 +317,7 @@ class RedisStore:
         with self._unavailable():
             definitions = await self._client.hget(self._keys(session_id)[0], "losses")
         if definitions is None:
-            raise self._missing(session_id)
+            raise missing(session_id)
         losses: list[dict[str, Any]] = orjson.loads(definitions)
         self._definitions[session_id] = losses
         if len(self._definitions) > DEFINITIONS_CACHED:
@@ -343,7 +326,7 @@ class RedisStore:
 
     async def apply(self, session_id: str, batch_id: str, digest: str, increments: list[LossTotals]) -> bool:
         if not _ID.fullmatch(session_id):
-            raise self._missing(session_id)
+            raise missing(session_id)
         new = " ".join(sorted(labels(increments)))
         args: list[Any] = [session_id, batch_id, digest, self.limits.max_batches, self.limits.max_groups]
         args += [len(increments), new, " ".join(_increments(increments))]
@@ -355,16 +338,16 @@ class RedisStore:
             return False
         if outcome == "missing":
             self._forget(session_id)
-            raise self._missing(session_id)
+            raise missing(session_id)
         if outcome == "conflict":
             raise Conflict(
                 f"batch {batch_id!r} was applied with other content; send new batches under new ids",
                 loc=("batch_id",),
             )
         if outcome == "batches":
-            raise self._full_batches(int(detail))
+            raise self.limits.full_batches(int(detail))
         if outcome == "groups":
-            raise self._full_groups(int(detail))
+            raise self.limits.full_groups(int(detail))
         if outcome == "count":
             raise SessionFull(f"the count of {detail!r} would pass 2^63 - 1, the most Redis holds", loc=("stats",))
         assert outcome == "losses", outcome
@@ -376,7 +359,7 @@ class RedisStore:
 
     async def delete(self, session_id: str) -> None:
         if not _ID.fullmatch(session_id):
-            raise self._missing(session_id)
+            raise missing(session_id)
         main, batches, groups, index = self._keys(session_id)
         with self._unavailable():
             async with self._client.pipeline(transaction=True) as pipe:
@@ -386,7 +369,7 @@ class RedisStore:
                 existed, *_ = await pipe.execute()
         self._forget(session_id)
         if not existed:
-            raise self._missing(session_id)
+            raise missing(session_id)
 
     async def not_ready(self) -> str | None:
         try:
@@ -403,7 +386,7 @@ class RedisStore:
     async def _read(self, session_id: str, batches: str) -> tuple[dict[str, str], Any, int]:
         """The main hash, the batches (HLEN: their number, HGETALL: all of them) and the PTTL, at one instant."""
         if not _ID.fullmatch(session_id):
-            raise self._missing(session_id)
+            raise missing(session_id)
         main, batches_key, _, _ = self._keys(session_id)
         with self._unavailable():
             async with self._client.pipeline(transaction=True) as pipe:
@@ -412,7 +395,7 @@ class RedisStore:
                 pipe.pttl(main)
                 fields, held, pttl = await pipe.execute()
         if not fields or pttl < 0:
-            raise self._missing(session_id)
+            raise missing(session_id)
         return fields, held, pttl
 
     def _record(self, session_id: str, fields: dict[str, str], batches: int, pttl: int) -> Record:

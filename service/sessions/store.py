@@ -27,6 +27,28 @@ class SessionLimits:
     max_sessions: int
     max_batches: int
     max_groups: int
+    """Group totals: distinct labels x losses."""
+
+    def full_batches(self, batches: int) -> SessionFull:
+        """The error of a session that would hold `batches` batches, one over the limit."""
+        return SessionFull(
+            f"the session holds {batches - 1} batches, its limit", limit=self.max_batches, actual=batches
+        )
+
+    def full_groups(self, totals: int) -> SessionFull:
+        """The error of a session that would hold `totals` group totals, over the limit."""
+        return SessionFull(
+            f"the session would hold {totals} group totals (group labels x losses), over its limit of "
+            f"{self.max_groups}",
+            loc=("groups",),
+            limit=self.max_groups,
+            actual=totals,
+        )
+
+
+def missing(session_id: str) -> SessionNotFound:
+    """The error of a session id that names no session."""
+    return SessionNotFound(f"no session {session_id!r}: never created, deleted, or expired", loc=("id",))
 
 
 def new_id() -> str:
@@ -149,18 +171,10 @@ class MemoryStore:
 
     def _check_limits(self, batches: int, all_labels: set[str], losses: int) -> None:
         if batches > self.limits.max_batches:
-            raise SessionFull(
-                f"the session holds {batches - 1} batches, its limit", limit=self.limits.max_batches, actual=batches
-            )
+            raise self.limits.full_batches(batches)
         totals = len(all_labels) * losses  # what each batch adds to, and GET and the state hold
         if totals > self.limits.max_groups:
-            raise SessionFull(
-                f"the session would hold {totals} group totals (group labels x losses), over its limit of "
-                f"{self.limits.max_groups}",
-                loc=("groups",),
-                limit=self.limits.max_groups,
-                actual=totals,
-            )
+            raise self.limits.full_groups(totals)
 
     def _find(self, session_id: str) -> _Session:
         if self.refuse is not None:
@@ -168,7 +182,7 @@ class MemoryStore:
         session = self._sessions.get(session_id)
         if session is None or session.expires <= self.clock():
             self._sessions.pop(session_id, None)
-            raise SessionNotFound(f"no session {session_id!r}: never created, deleted, or expired", loc=("id",))
+            raise missing(session_id)
         return session
 
     def _expire(self) -> None:
