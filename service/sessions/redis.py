@@ -114,21 +114,32 @@ end
 local grouped = (redis.call('SCARD', groups) + new) * tonumber(ARGV[6])  -- group totals: labels x losses
 if grouped > tonumber(ARGV[5]) then return {'groups', tostring(grouped)} end
 local totals = words(ARGV[8])
-local sums = {}
+local fields = {}
 for i = 1, #totals, 4 do
-  local field = totals[i]
-  local now = redis.call('HMGET', main, field .. ':s', field .. ':w', field .. ':n')
-  if num(now[3]) + tonumber(totals[i + 3]) >= 9.2e18 then return {'count', field} end
-  sums[#sums + 1] = fmt(num(now[1]) + tonumber(totals[i + 1]))
-  sums[#sums + 1] = fmt(num(now[2]) + tonumber(totals[i + 2]))
+  fields[#fields + 1] = totals[i] .. ':s'
+  fields[#fields + 1] = totals[i] .. ':w'
+  fields[#fields + 1] = totals[i] .. ':n'
 end
--- checked: from here on, only writes
-local k = 1
+local now = {}  -- one HMGET for every total (in chunks: unpack has a stack limit)
+for i = 1, #fields, 3000 do
+  local part = redis.call('HMGET', main, unpack(fields, i, math.min(i + 2999, #fields)))
+  for j = 1, #part do now[#now + 1] = part[j] end
+end
+local writes = {}
 for i = 1, #totals, 4 do
-  local field = totals[i]
-  redis.call('HSET', main, field .. ':s', sums[k], field .. ':w', sums[k + 1])
-  redis.call('HINCRBY', main, field .. ':n', totals[i + 3])
-  k = k + 2
+  local k = (i - 1) / 4 * 3
+  local count = num(now[k + 3]) + tonumber(totals[i + 3])
+  if count >= 9007199254740992 then return {'count', totals[i]} end  -- 2^53: exact in Lua's doubles below
+  writes[#writes + 1] = fields[k + 1]
+  writes[#writes + 1] = fmt(num(now[k + 1]) + tonumber(totals[i + 1]))
+  writes[#writes + 1] = fields[k + 2]
+  writes[#writes + 1] = fmt(num(now[k + 2]) + tonumber(totals[i + 2]))
+  writes[#writes + 1] = fields[k + 3]
+  writes[#writes + 1] = string.format('%.0f', count)
+end
+-- checked: from here on, only writes (one HSET, in chunks)
+for i = 1, #writes, 4000 do
+  redis.call('HSET', main, unpack(writes, i, math.min(i + 3999, #writes)))
 end
 for i = 1, #new_labels, 2000 do  -- unpack has a stack limit: a long list goes in chunks
   redis.call('SADD', groups, unpack(new_labels, i, math.min(i + 1999, #new_labels)))
@@ -349,7 +360,9 @@ class RedisStore:
         if outcome == "groups":
             raise self.limits.full_groups(int(detail))
         if outcome == "count":
-            raise SessionFull(f"the count of {detail!r} would pass 2^63 - 1, the most Redis holds", loc=("stats",))
+            raise SessionFull(
+                f"the count of {detail!r} would pass 2^53, the most Redis' Lua counts exactly", loc=("stats",)
+            )
         assert outcome == "losses", outcome
         raise ValueError(f"{len(increments)} increments for a session of {detail} losses")
 

@@ -601,3 +601,15 @@ def test_a_malformed_url_is_refused_without_quoting_it() -> None:
     assert "Secr3t" not in str(caught.value)
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__
+
+
+async def test_a_count_past_what_redis_counts_exactly_is_refused(redis_server: RedisServer) -> None:
+    """Counts are added in Lua's doubles: exact below 2^53, which a count may not pass."""
+    async with Backend("redis", redis_server).store() as store:
+        session = (await store.create(LOSSES, ttl_s=60)).id
+        big = [inc(1.0, 1.0, 2**53 - 1), inc(1.0, 1.0, 1)]
+        assert await store.apply(session, "b1", "d1", big)
+        with pytest.raises(SessionFull, match="2\\^53"):
+            await store.apply(session, "b2", "d2", [inc(1.0, 1.0, 1), inc(1.0, 1.0, 1)])
+        (first, _) = (await store.get(session)).totals
+        assert first.total.count == 2**53 - 1
