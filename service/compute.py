@@ -255,7 +255,7 @@ def sufficient_stats(
         rule_params = with_reduction(params, "mean") if params.reduction == "none" else params
         terms = spec.stats.terms(tensors, rule_params, per_element)
         values = terms.values.double()
-        if terms.counted is None and terms.weight is None:  # W = n = the number of terms: one sync, not three
+        if terms.counted is None and terms.weight is None:  # W = n = the number of terms: no tensors to build
             n = values.numel()
             out = LossTotals(Totals(values.sum().item(), float(n), n))
         else:

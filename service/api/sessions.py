@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from service import codec
 from service.api.deps import AppState, header_values, read_body, require_json, send_json
-from service.sessions.state import Record, export, result_json
+from service.sessions.state import export, result_json
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -36,15 +36,6 @@ def _timestamp(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _created(record: Record) -> dict[str, Any]:
-    return {"id": record.id, "losses": record.losses, "expires_at": _timestamp(record.expires_at)}
-
-
-async def _body(request: Request) -> bytes:
-    require_json(request.headers.get("content-type"))
-    return await request.body()
-
-
 @router.post(
     "",
     operation_id="sessions-create",
@@ -57,11 +48,13 @@ async def create_session(request: Request) -> Response:
     """A new session of losses (entries as in /v1/evaluate; reduction mean, sum or batchmean), or one that merges
     states exported from other sessions (`from_states`). Answers 201 with `Location: /v1/sessions/{id}`."""
     state: AppState = request.app.state.lossd
-    body = await _body(request)
+    require_json(request.headers.get("content-type"))
+    body = await request.body()
     read = partial(state.plane.new_session, max_ttl_s=state.settings.session_max_ttl_s)
     new = await state.compute(body, request.headers.get("content-encoding"), read, request.scope["lossd"]["hold"])
     record = await state.sessions.create(new.losses, new.ttl_s, new.merged)
-    return _json(_created(record), 201, {"Location": f"/v1/sessions/{record.id}"})
+    created = {"id": record.id, "losses": record.losses, "expires_at": _timestamp(record.expires_at)}
+    return _json(created, 201, {"Location": f"/v1/sessions/{record.id}"})
 
 
 BATCH_ROUTE = "/v1/sessions/{session_id}/batches"

@@ -269,6 +269,10 @@ class RedisStore:
         self._definitions.pop(session_id, None)
 
     def _keys(self, session_id: str) -> list[str]:
+        """The session's keys: main hash, batches, groups, and the index. An id that `new_id` could not have
+        made names no session, and never reaches a key name."""
+        if not _ID.fullmatch(session_id):
+            raise missing(session_id)
         main = f"{self.prefix}{{{session_id}}}"
         return [main, f"{main}:batches", f"{main}:groups", self._index]
 
@@ -319,14 +323,13 @@ class RedisStore:
         return self._record(session_id, fields, int(batches), pttl)
 
     async def losses(self, session_id: str) -> list[dict[str, Any]]:
-        if not _ID.fullmatch(session_id):
-            raise missing(session_id)
         cached = self._definitions.get(session_id)
         if cached is not None:
             self._definitions.move_to_end(session_id)
             return cached
+        main = self._keys(session_id)[0]
         with self._unavailable():
-            definitions = await self._client.hget(self._keys(session_id)[0], "losses")
+            definitions = await self._client.hget(main, "losses")
         if definitions is None:
             raise missing(session_id)
         losses: list[dict[str, Any]] = orjson.loads(definitions)
@@ -336,13 +339,12 @@ class RedisStore:
         return losses
 
     async def apply(self, session_id: str, batch_id: str, digest: str, increments: list[LossTotals]) -> bool:
-        if not _ID.fullmatch(session_id):
-            raise missing(session_id)
+        keys = self._keys(session_id)
         new = " ".join(sorted(labels(increments)))
         args: list[Any] = [session_id, batch_id, digest, self.limits.max_batches, self.limits.max_groups]
         args += [len(increments), new, " ".join(_increments(increments))]
         with self._unavailable():
-            outcome, detail = await self._apply(keys=self._keys(session_id), args=args)
+            outcome, detail = await self._apply(keys=keys, args=args)
         if outcome == "applied":
             return True
         if outcome == "duplicate":
@@ -371,8 +373,6 @@ class RedisStore:
         return self._record(session_id, fields, len(batches), pttl), batches
 
     async def delete(self, session_id: str) -> None:
-        if not _ID.fullmatch(session_id):
-            raise missing(session_id)
         main, batches, groups, index = self._keys(session_id)
         with self._unavailable():
             async with self._client.pipeline(transaction=True) as pipe:
@@ -398,8 +398,6 @@ class RedisStore:
 
     async def _read(self, session_id: str, batches: str) -> tuple[dict[str, str], Any, int]:
         """The main hash, the batches (HLEN: their number, HGETALL: all of them) and the PTTL, at one instant."""
-        if not _ID.fullmatch(session_id):
-            raise missing(session_id)
         main, batches_key, _, _ = self._keys(session_id)
         with self._unavailable():
             async with self._client.pipeline(transaction=True) as pipe:

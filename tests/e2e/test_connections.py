@@ -186,15 +186,20 @@ def test_connections_beyond_the_limit_are_refused(limited: tuple[str, int]) -> N
     _normal_request_works(limited)
 
 
+def _assert_cut_off(sock: socket.socket, elapsed: float) -> None:
+    """A 408 problem about `LOSSD_READ_TIMEOUT_S` after the first byte, then the connection closed."""
+    status, headers, body, rest = _read_response(sock)
+    _assert_problem(status, headers, body, 408, "request-timeout")
+    assert rest == b""
+    assert _closed(sock)
+    assert READ_TIMEOUT_S * 0.8 <= elapsed < READ_TIMEOUT_S + PROMPT_S
+
+
 def test_slow_head_gets_408(limited: tuple[str, int]) -> None:
     """Slowloris: a request head sent a byte at a time is cut off `LOSSD_READ_TIMEOUT_S` after its first byte."""
     with socket.create_connection(limited, timeout=PROMPT_S) as sock:
         elapsed = _trickle(sock, _mse_request(b"X-Slow: " + b"s" * 40 + b"\r\n"))
-        status, headers, body, rest = _read_response(sock)
-        _assert_problem(status, headers, body, 408, "request-timeout")
-        assert rest == b""
-        assert _closed(sock)
-    assert READ_TIMEOUT_S * 0.8 <= elapsed < READ_TIMEOUT_S + PROMPT_S
+        _assert_cut_off(sock, elapsed)
     _normal_request_works(limited)
 
 
@@ -205,11 +210,7 @@ def test_slow_body_gets_408(limited: tuple[str, int]) -> None:
         head_end = request.index(b"\r\n\r\n") + 4
         sock.sendall(request[: head_end + 5])
         elapsed = _trickle(sock, request[head_end + 5 :] * 2)
-        status, headers, body, rest = _read_response(sock)
-        _assert_problem(status, headers, body, 408, "request-timeout")
-        assert rest == b""
-        assert _closed(sock)
-    assert READ_TIMEOUT_S * 0.8 <= elapsed < READ_TIMEOUT_S + PROMPT_S
+        _assert_cut_off(sock, elapsed)
     _normal_request_works(limited)
 
 

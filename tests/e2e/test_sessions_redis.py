@@ -14,8 +14,8 @@ import httpx
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
+from tests import wire
 from tests.e2e.conftest import start_server, stop_server
 from tests.redis_server import RedisServer
 
@@ -37,10 +37,6 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-def _f64(t: Tensor) -> dict[str, Any]:
-    return {"data": t.flatten().tolist(), "shape": list(t.shape), "dtype": "float64"}
-
-
 class Dataset:
     """Random float64 data for the three losses, cut into batches of random sizes."""
 
@@ -59,13 +55,13 @@ class Dataset:
     def batch(self, i: int) -> dict[str, Any]:
         a, b = self.bounds[i]
         tensors = {
-            "input": _f64(self.logits[a:b]),
+            "input": wire.flat(self.logits[a:b]),
             "target": self.labels[a:b].tolist(),
-            "class_weight": _f64(self.class_weight),
-            "prediction": _f64(self.prediction[a:b]),
-            "truth": _f64(self.truth[a:b]),
-            "log_q": _f64(self.log_q[a:b]),
-            "p": _f64(self.p[a:b]),
+            "class_weight": wire.flat(self.class_weight),
+            "prediction": wire.flat(self.prediction[a:b]),
+            "truth": wire.flat(self.truth[a:b]),
+            "log_q": wire.flat(self.log_q[a:b]),
+            "p": wire.flat(self.p[a:b]),
         }
         return {"batch_id": f"batch-{i}", "tensors": tensors}
 
