@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint typecheck pytest openapi docs install install-dev install-browser install-redis install-bench bench bench-quick loadtest clean
+.PHONY: serve test lint typecheck pytest openapi proto docs install install-dev install-browser install-redis install-bench bench bench-quick loadtest clean
 
 $(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ pytest: install-dev
 ## openapi: regenerate openapi/openapi.json from the app
 openapi: install
 	$(PY) -m service.openapi > openapi/openapi.json
+
+## proto: regenerate the gRPC stubs (service/rpc/grpc_service_pb2*.py) from service/rpc/grpc_service.proto
+proto: install-dev
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. service/rpc/grpc_service.proto
 
 ## docs: regenerate the README's loss table from the registry
 docs: install

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import FrameType
 from typing import Any
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         Edge,
         keys=state.api_keys,
         max_body_bytes=settings.max_body_bytes,
-        max_inflight_bytes=settings.max_inflight_bytes,
+        inflight=state.inflight,
         metrics=metrics,
         access_log=state.access_log,
     )
@@ -120,7 +121,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Start-up and shutdown of one app.
 
-    - Readiness turns off as soon as SIGTERM arrives; the server then drains.
+    - The gRPC server (`LOSSD_GRPC_PORT`) starts on the app's event loop, after the worker processes.
+    - Readiness turns off as soon as SIGTERM arrives; the server then drains: HTTP as uvicorn drains it, gRPC
+      refuses new calls at once and gives the calls in flight `LOSSD_DRAIN_TIMEOUT_S`.
     - Everything built at start-up (torch, the registry, the app: some 200,000 objects) moves to the
       garbage collector's permanent generation, so that full collections no longer walk it: they took
       70-90 ms each, which was lossd's tail latency.
@@ -130,23 +133,39 @@ def _lifespan(state: AppState) -> Callable[[FastAPI], AbstractAsyncContextManage
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        grpc_servers: list[Any] = []
+        grpc_stopped: list[Awaitable[None]] = []
+
+        def drain_grpc() -> None:  # refuse new calls at once; calls in flight get the drain timeout
+            if grpc_servers and not grpc_stopped:
+                grpc_stopped.append(asyncio.ensure_future(grpc_servers[0].stop(state.settings.drain_timeout_s)))
+
         if threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGTERM)
+            loop = asyncio.get_running_loop()
 
             def on_sigterm(sig: int, frame: FrameType | None) -> None:
                 state.draining = True
+                loop.call_soon_threadsafe(drain_grpc)
                 if callable(previous):
                     previous(sig, frame)
 
             signal.signal(signal.SIGTERM, on_sigterm)
         if state.workers is not None:  # the fork server and a first worker, before the server takes requests
             await anyio.to_thread.run_sync(_warm, state.workers)
+        if state.settings.grpc_port:
+            from service.rpc import server as rpc  # grpc only where it is used
+
+            grpc_servers.append(await rpc.start(state))
         gc.collect()
         gc.freeze()
         unwatch = state.metrics.watch_gc()
         try:
             yield
         finally:
+            drain_grpc()
+            for stopped in grpc_stopped:
+                await stopped
             unwatch()
             if state.workers is not None:
                 state.workers.close()

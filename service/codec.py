@@ -666,21 +666,73 @@ V2_NAMES: dict[torch.dtype, str] = {v: k for k, v in V2_DATATYPES.items()}
 
 
 def decode_v2(
-    name: str, datatype: str, shape: Any, data: Any, raw: bytes | memoryview | None, limits: Limits = DEFAULTS
+    name: str,
+    datatype: str,
+    shape: Any,
+    data: Any,
+    raw: bytes | memoryview | None,
+    limits: Limits = DEFAULTS,
+    raw_field: str = "binary_data_size",
 ) -> RawTensor:
-    """One v2 input: JSON `data` (row-major, flat or nested) or its binary bytes, of `datatype` and `shape`."""
+    """One v2 input: JSON `data` (row-major, flat or nested) or its binary bytes, of `datatype` and `shape`;
+    `raw_field` names where the bytes came from, in errors."""
+    dtype = _v2_dtype(name, datatype)
+    dims = _shape(shape, name, limits)
+    if raw is not None:
+        return RawTensor(from_bytes(raw, dtype, dims, (name, raw_field)), typed=True)
+    if data is None:
+        raise InvalidTensor(f"{name}: needs 'data', or binary data with a 'binary_data_size' parameter", loc=(name,))
+    flat = _nested_to_tensor(data, (name, "data"), limits.max_dims).reshape(-1)
+    return RawTensor(_cast(_reshape(flat, dims, name), dtype, (name, "data")), typed=True)
+
+
+V2_CONTENTS: dict[str, tuple[str, type[np.generic]]] = {
+    "BOOL": ("bool_contents", np.bool_),
+    "UINT8": ("uint_contents", np.uint32),
+    "INT8": ("int_contents", np.int32),
+    "INT16": ("int_contents", np.int32),
+    "INT32": ("int_contents", np.int32),
+    "INT64": ("int64_contents", np.int64),
+    "FP32": ("fp32_contents", np.float32),
+    "FP64": ("fp64_contents", np.float64),
+}
+"""The gRPC typed-contents field of each datatype, and the type of its values (FP16 and BF16 have none: they
+travel as raw bytes)."""
+
+_CONTENTS_FIELDS = (*dict.fromkeys(f for f, _ in V2_CONTENTS.values()), "uint64_contents", "bytes_contents")
+
+
+def decode_v2_contents(
+    name: str, datatype: str, shape: list[int], contents: Any, limits: Limits = DEFAULTS
+) -> RawTensor:
+    """One gRPC input from its typed `contents` (an `InferTensorContents`): the repeated field of its datatype,
+    read in one numpy call; values its datatype cannot hold are refused, as in JSON."""
+    dtype = _v2_dtype(name, datatype)
+    dims = _shape(shape, name, limits)
+    if datatype not in V2_CONTENTS:
+        raise InvalidTensor(
+            f"{name}: {datatype} has no typed contents field; send its bytes in raw_input_contents",
+            loc=(name, "contents"),
+        )
+    field, value_type = V2_CONTENTS[datatype]
+    for other in _CONTENTS_FIELDS:
+        if other != field and len(getattr(contents, other)):
+            raise InvalidTensor(
+                f"{name}: the values of a {datatype} tensor go in contents.{field}, not contents.{other}",
+                loc=(name, "contents", other),
+            )
+    values = getattr(contents, field)
+    flat = torch.from_numpy(np.fromiter(values, dtype=value_type, count=len(values)))
+    return RawTensor(_cast(_reshape(flat, dims, name), dtype, (name, "contents")), typed=True)
+
+
+def _v2_dtype(name: str, datatype: str) -> torch.dtype:
     dtype = V2_DATATYPES.get(datatype)
     if dtype is None:
         raise InvalidTensor(
             f"{name}: unsupported datatype {datatype!r}; expected one of {list(V2_DATATYPES)}", loc=(name, "datatype")
         )
-    dims = _shape(shape, name, limits)
-    if raw is not None:
-        return RawTensor(from_bytes(raw, dtype, dims, (name, "binary_data_size")), typed=True)
-    if data is None:
-        raise InvalidTensor(f"{name}: needs 'data', or binary data with a 'binary_data_size' parameter", loc=(name,))
-    flat = _nested_to_tensor(data, (name, "data"), limits.max_dims).reshape(-1)
-    return RawTensor(_cast(_reshape(flat, dims, name), dtype, (name, "data")), typed=True)
+    return dtype
 
 
 def encode_v2(name: str, t: Tensor, binary: bool) -> tuple[dict[str, Any], memoryview | bytes]:

@@ -19,6 +19,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to listen on."""
 
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """TCP port of the gRPC service (the Open Inference Protocol's `inference.GRPCInferenceService`, with health
+    checks and reflection) on the same interface; 0 turns gRPC off. With several workers, they share the port."""
+
+    grpc_max_message_bytes: int | None = Field(None, ge=1024)
+    """Largest gRPC request message accepted (RESOURCE_EXHAUSTED beyond). Unset: `max_body_bytes`, rather than
+    gRPC's own default of 4 MiB."""
+
     device: str = "auto"
     """Where losses run: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
 
@@ -167,6 +175,11 @@ class Settings(BaseSettings):
                 f"({self.max_work_bytes}): admitted work would be killed"
             )
         return self
+
+    @property
+    def grpc_message_limit(self) -> int:
+        """The largest gRPC request message, in bytes."""
+        return self.grpc_max_message_bytes or self.max_body_bytes
 
     @property
     def worker_memory_cap(self) -> int:

@@ -298,8 +298,23 @@ class DataPlane:
         pool.read_all()
         groups = None
         if request.groups is not None:
-            raw = codec.decode_tensor(request.groups, "groups", TensorKind.INDEX, self.limits)
-            groups = compute.prepare_indices("groups", raw)
+            groups = codec.decode_tensor(request.groups, "groups", TensorKind.INDEX, self.limits)
+        return self._batch(losses, request.batch_id, pool, groups)
+
+    def decoded_batch(
+        self, losses: list[dict[str, Any]], batch_id: str, tensors: dict[str, compute.RawTensor]
+    ) -> Job[Batch]:
+        """`batch` for tensors another protocol has decoded (gRPC): `groups`, when among them, holds the labels."""
+        self.validate(schemas.BatchRequest, {"batch_id": batch_id, "tensors": {}})
+        groups = tensors.pop("groups", None)
+        return self._batch(losses, batch_id, _Pool(tensors, self.device, self.limits, decoded=True), groups)
+
+    def _batch(
+        self, losses: list[dict[str, Any]], batch_id: str, pool: _Pool, raw_groups: compute.RawTensor | None
+    ) -> Job[Batch]:
+        groups = None
+        if raw_groups is not None:
+            groups = compute.prepare_indices("groups", raw_groups)
             if groups.ndim != 1:
                 raise ShapeMismatch(
                     f"groups must be a 1-D tensor of integer labels, got shape {list(groups.shape)}", loc=("groups",)
@@ -315,7 +330,7 @@ class DataPlane:
         digest = pool.digest(groups)
 
         def steps(execute: Execute) -> Batch:
-            batch = Batch(request.batch_id, digest, [], [], [])
+            batch = Batch(batch_id, digest, [], [], [])
             for i, job in enumerate(jobs):
                 with _naming_entry(i, losses[i]["name"]):
                     result = job.run(execute)
@@ -389,11 +404,14 @@ class DataPlane:
 class _Pool:
     """The shared tensors of one /v1/evaluate request: each decoded, converted and placed once."""
 
-    def __init__(self, values: dict[str, Any], device: torch.device, limits: Limits):
+    def __init__(self, values: dict[str, Any], device: torch.device, limits: Limits, decoded: bool = False):
+        """`values` as the request gives them, or already `decoded` (`RawTensor`s, by a protocol other than JSON)."""
         self.values = values
         self.device = device
         self.limits = limits
         self._raw: dict[tuple[str, TensorKind | None], compute.RawTensor] = {}
+        if decoded:
+            self._raw = {(key, None): raw for key, raw in values.items()}
         self._cast: dict[tuple[int, torch.dtype], Tensor] = {}
         self._placed: dict[int, Tensor] = {}
         self._keep: list[Tensor] = []  # keeps every cached tensor alive, so ids stay unique

@@ -131,17 +131,34 @@ def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | No
     parameters = dict(request.parameters or {})
     binary_default = parameters.get("binary_data_output") is True
     outputs = request.outputs or [RequestOutput(name="loss")]
-    wanted = _wanted_outputs(spec, outputs)
     raw = _inputs(spec, request.inputs, binary, plane.limits)
+    binary_outputs = all((output.parameters or {}).get("binary_data", binary_default) is True for output in outputs)
+    names = [output.name for output in outputs]
+    job = plan(plane, spec, parameters, raw, names, "binary" if binary_outputs else "json")
+    return job.then(partial(_answer, spec, request, outputs, binary_default))
+
+
+def plan(
+    plane: DataPlane,
+    spec: LossSpec,
+    parameters: dict[str, Any],
+    raw: dict[str, RawTensor],
+    outputs: list[str],
+    output_encoding: str,
+) -> Job[LossResult]:
+    """The protocol's core, over HTTP and gRPC: the inputs a model needs, the outputs it has (a `grad_*` output
+    asks for that gradient), the loss parameters among the request's `parameters`; then the data plane's job."""
+    for arg in spec.tensors:
+        if arg.required and arg.name not in raw:
+            raise InvalidRequest(f"model {spec.name} needs input {arg.name!r}", loc=("inputs",))
+    wanted = _wanted_outputs(spec, outputs)
     for name in wanted:
         if name.startswith("grad_") and name[5:] not in raw:
             raise InvalidRequest(f"output {name!r} needs input {name[5:]!r}, which the request does not give")
     fields = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS and not k.startswith("triton_")}
     fields |= {"return_grad": [name[5:] for name in wanted if name != "loss"]} | dict.fromkeys(raw, True)
-    binary_outputs = all((output.parameters or {}).get("binary_data", binary_default) is True for output in outputs)
     params = plane.validate(plane.models[spec.name], fields)
-    job = plane.plan(spec, params, raw, output_encoding="binary" if binary_outputs else "json")
-    return job.then(partial(_answer, spec, request, outputs, binary_default))
+    return plane.plan(spec, params, raw, output_encoding=output_encoding)
 
 
 def _answer(
@@ -169,9 +186,8 @@ def _answer(
     return memoryview(framed), len(head)
 
 
-def _wanted_outputs(spec: LossSpec, outputs: list[RequestOutput]) -> list[str]:
+def _wanted_outputs(spec: LossSpec, names: list[str]) -> list[str]:
     known = output_names(spec)
-    names = [output.name for output in outputs]
     for i, name in enumerate(names):
         if name not in known:
             raise InvalidRequest(
@@ -182,18 +198,21 @@ def _wanted_outputs(spec: LossSpec, outputs: list[RequestOutput]) -> list[str]:
     return names
 
 
+def check_input(spec: LossSpec, raw: dict[str, RawTensor], name: str, i: int) -> None:
+    """The model has an input `name` (the `i`th of the request), and the request has not given it yet."""
+    if name not in {arg.name for arg in spec.tensors}:
+        inputs = ", ".join(arg.name for arg in spec.tensors)
+        raise InvalidRequest(f"model {spec.name} has no input {name!r}; its inputs are {inputs}", loc=("inputs", i))
+    if name in raw:
+        raise InvalidRequest(f"input {name!r} is given twice", loc=("inputs", i))
+
+
 def _inputs(spec: LossSpec, inputs: list[RequestInput], binary: memoryview, limits: Limits) -> dict[str, RawTensor]:
     """Each input read from its JSON data or its slice of the binary data, in request order."""
-    args = {arg.name: arg for arg in spec.tensors}
     raw: dict[str, RawTensor] = {}
     offset = 0
     for i, item in enumerate(inputs):
-        if item.name not in args:
-            raise InvalidRequest(
-                f"model {spec.name} has no input {item.name!r}; its inputs are {', '.join(args)}", loc=("inputs", i)
-            )
-        if item.name in raw:
-            raise InvalidRequest(f"input {item.name!r} is given twice", loc=("inputs", i))
+        check_input(spec, raw, item.name, i)
         size = (item.parameters or {}).get("binary_data_size")
         chunk = None
         if size is not None:
@@ -207,7 +226,4 @@ def _inputs(spec: LossSpec, inputs: list[RequestInput], binary: memoryview, limi
         raw[item.name] = codec.decode_v2(item.name, item.datatype, item.shape, item.data, chunk, limits)
     if offset != len(binary):
         raise InvalidRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
-    for name, arg in args.items():
-        if arg.required and name not in raw:
-            raise InvalidRequest(f"model {spec.name} needs input {name!r}", loc=("inputs",))
     return raw

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,10 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from tests import wire
+
+# Every app and server the tests make serves no gRPC unless a test asks for it (LOSSD_GRPC_PORT), so that parallel
+# tests do not compete for port 8001.
+os.environ.setdefault("LOSSD_GRPC_PORT", "0")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

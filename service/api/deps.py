@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,7 @@ from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from service.api.edge import AccessLog
+from service.api.edge import AccessLog, InflightBytes
 from service.api.metrics import Metrics
 from service.codec import decompress, parse_overhead
 from service.config import Settings
@@ -62,11 +63,14 @@ class AppState:
     """The worker processes of large computations (None: everything computes in this process)."""
     sessions: Store = field(init=False)
     """Where dataset sessions live: in this process, or in Redis (`LOSSD_REDIS_URL`)."""
+    inflight: InflightBytes = field(init=False)
+    """The bound on request bytes held at once, shared by HTTP and gRPC."""
 
     def __post_init__(self) -> None:
         settings = self.settings
         self.limiter = CapacityLimiter(settings.max_concurrency)
         self.threads = CapacityLimiter(settings.max_concurrency)
+        self.inflight = InflightBytes(settings.max_inflight_bytes)
         limits = SessionLimits(settings.sessions_max, settings.session_max_batches, settings.session_max_groups)
         if settings.redis_url:
             from service.sessions.redis import RedisStore  # the redis client only where it is used
@@ -118,37 +122,60 @@ class AppState:
         hold: Callable[[int], None] | None = None,
         json_length: int | None = None,
     ) -> T:
-        """Decode, validate and compute a request body where its cost says it belongs.
+        """Decode, validate and compute a request body where its cost says it belongs (see `schedule`).
 
-        A small plain body is decoded and validated right here (its size bounds that work); the job it
-        gives runs here too when its predicted cost (elements after broadcasting, gradients included) is
-        at most `inline_max_elements`, which takes less time than the hop to a thread and back. All other
-        work runs in a worker thread, admitted under the concurrency, queue and time limits: at most
-        `max_concurrency` at a time; when `max_queue` more already wait, the request is refused at once
-        (503 with Retry-After) rather than piling up; after `request_timeout_s` the request gets a 504.
-        A computation predicted to build more than `isolate_work_bytes` runs in a worker process, which
-        the timeout kills (its CPU and memory come back at once); smaller ones finish in their thread.
-        A body read in a thread first `hold`s what reading it will build besides its bytes (its inflated size,
-        the lists of nested JSON arrays) against the app's in-flight bound: past it, 503 or 413. Only the first
-        `json_length` bytes are JSON when binary tensor data follows (the Open Inference Protocol).
+        A compressed body is inflated in a worker thread, which first `hold`s what reading it will build
+        besides its bytes (its inflated size, the lists of nested JSON arrays) against the app's in-flight
+        bound: past it, 503 or 413. Only the first `json_length` bytes are JSON when binary tensor data
+        follows (the Open Inference Protocol).
         """
         settings = self.settings
-        plain = content_encoding is None or content_encoding.strip().lower() == "identity"
+        weight = gradient_weight(body)
+        if content_encoding is None or content_encoding.strip().lower() == "identity":
+            return await self.schedule(partial(job, body), len(body), weight)
+
+        def inflate_and_run(cancel: Cancel) -> T:
+            data = decompress(body, content_encoding, settings.max_body_bytes)
+            if hold is not None:
+                text = data if json_length is None else memoryview(data)[:json_length]
+                hold(len(data) - len(body) + parse_overhead(text))
+            return self._run(job(data), cancel)
+
+        return await self._guarded(self._in_thread(inflate_and_run, weight=weight))
+
+    async def schedule(self, read: Callable[[], Job[T]], size: int, weight: int = 1, timeout: float | None = None) -> T:
+        """Read a request of `size` bytes (`read` validates it and plans its job) and compute it, where its
+        cost says it belongs.
+
+        A small request is read right here (its size bounds that work); the job it gives runs here too when
+        its predicted cost (elements after broadcasting, gradients included) is at most
+        `inline_max_elements`, which takes less time than the hop to a thread and back. All other work runs
+        in a worker thread, admitted under the concurrency, queue and time limits: at most `max_concurrency`
+        at a time; when `max_queue` more already wait (`weight` 2 for a request that may ask for gradients),
+        the request is refused at once (503 with Retry-After) rather than piling up; after
+        `request_timeout_s` (or `timeout`, a client's deadline, when shorter) the request gets a 504.
+        A computation predicted to build more than `isolate_work_bytes` runs in a worker process, which
+        the timeout kills (its CPU and memory come back at once); smaller ones finish in their thread.
+        """
+        if size < self.settings.inline_max_bytes:
+            ready = read()
+            if ready.cost <= self.settings.inline_max_elements:
+                return self._guarded_now(ready)
+            return await self._guarded(self._in_thread(partial(self._run, ready), weight=weight, timeout=timeout))
+        return await self._guarded(
+            self._in_thread(lambda cancel: self._run(read(), cancel), weight=weight, timeout=timeout)
+        )
+
+    def _guarded_now(self, job: Job[T]) -> T:
         try:
-            if plain and len(body) < settings.inline_max_bytes:
-                ready = job(body)
-                if ready.cost <= settings.inline_max_elements:
-                    return ready.run()
-                return await self._in_thread(partial(self._run, ready), weight=gradient_weight(body))
+            return job.run()
+        except DeviceFailure:
+            self.fail()
+            raise
 
-            def inflate_and_run(cancel: Cancel) -> T:
-                data = body if plain else decompress(body, content_encoding, settings.max_body_bytes)
-                if hold is not None:
-                    text = data if json_length is None else memoryview(data)[:json_length]
-                    hold(len(data) - len(body) + parse_overhead(text))
-                return self._run(job(data), cancel)
-
-            return await self._in_thread(inflate_and_run, weight=gradient_weight(body))
+    async def _guarded(self, work: Awaitable[T]) -> T:
+        try:
+            return await work
         except DeviceFailure:
             self.fail()
             raise
@@ -159,8 +186,9 @@ class AppState:
             return job.run(partial(self.workers.execute, cancel=cancel))
         return job.run()
 
-    async def _in_thread(self, fn: Callable[[Cancel], T], *, weight: int) -> T:
+    async def _in_thread(self, fn: Callable[[Cancel], T], *, weight: int, timeout: float | None = None) -> T:
         settings, metrics = self.settings, self.metrics
+        limit = settings.request_timeout_s if timeout is None else min(timeout, settings.request_timeout_s)
         if self.pending + weight > settings.max_concurrency + settings.max_queue:
             metrics.rejections.labels(reason="overloaded").inc()
             raise Overloaded(
@@ -173,7 +201,7 @@ class AppState:
         queued = True
         cancel = Cancel()
         try:
-            with anyio.fail_after(settings.request_timeout_s):
+            with anyio.fail_after(limit):
                 async with self.limiter:
                     metrics.queued -= weight
                     queued = False
@@ -185,9 +213,7 @@ class AppState:
         except TimeoutError:
             cancel.cancel()  # a worker process computing it is killed; a thread finishes in the background
             metrics.rejections.labels(reason="timeout").inc()
-            raise ComputeTimeout(
-                f"the request took longer than {settings.request_timeout_s} s", limit=int(settings.request_timeout_s)
-            ) from None
+            raise ComputeTimeout(f"the request took longer than {limit:g} s", limit=math.ceil(limit)) from None
         finally:
             self.pending -= weight
             if queued:

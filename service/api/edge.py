@@ -44,7 +44,7 @@ class Edge:
         *,
         keys: list[str],
         max_body_bytes: int,
-        max_inflight_bytes: int,
+        inflight: InflightBytes,
         metrics: Metrics,
         access_log: AccessLog | None,
     ):
@@ -54,7 +54,7 @@ class Edge:
         self.metrics = metrics
         self.access_log = access_log
         self.ids = RequestIds()
-        self.inflight = InflightBytes(max_inflight_bytes)
+        self.inflight = inflight
         self._static: frozenset[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -128,12 +128,8 @@ class Edge:
 
     def _refusal(self, path: str, headers: dict[bytes, bytes]) -> LossdError | None:
         """Why a request is refused before it is read: no valid key, or a declared body over the limit."""
-        if self.keys and path not in PUBLIC_PATHS:
-            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
-            # compare with every key, in constant time, so timing tells nothing about which part matched
-            matched = [hmac.compare_digest(token.strip(), key) for key in self.keys]
-            if scheme.lower() != b"bearer" or not any(matched):
-                return Unauthorized("a valid API key is required: send `Authorization: Bearer <key>`")
+        if self.keys and path not in PUBLIC_PATHS and not valid_key(self.keys, headers.get(b"authorization", b"")):
+            return Unauthorized("a valid API key is required: send `Authorization: Bearer <key>`")
         declared = _declared(headers)
         if declared > self.limit:
             return PayloadTooLarge(
@@ -172,6 +168,14 @@ class Edge:
             app = scope.get("app")
             self._static = frozenset(getattr(r, "path", "") for r in getattr(app, "routes", []))
         return str(scope["path"]) if scope["path"] in self._static else "unmatched"
+
+
+def valid_key(keys: list[bytes], authorization: bytes) -> bool:
+    """`authorization` is `Bearer <key>` with one of `keys` (HTTP's header, or gRPC's metadata)."""
+    scheme, _, token = authorization.partition(b" ")
+    # compare with every key, in constant time, so timing tells nothing about which part matched
+    matched = [hmac.compare_digest(token.strip(), key) for key in keys]
+    return scheme.lower() == b"bearer" and any(matched)
 
 
 def _declared(headers: dict[bytes, bytes]) -> int:

@@ -121,6 +121,33 @@ means in the OpenAPI document."""
 assert set(ALL_ERRORS) <= set(STATUS), "every domain error needs a status"
 
 
+GRPC_CODES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",
+    409: "ALREADY_EXISTS",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    431: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+"""The gRPC status code (its name) of each status of the table; the queue and memory are limits too."""
+
+
+def grpc_code(exc: LossdError) -> str:
+    """The gRPC status code (its name) of an error: the table's status, in gRPC's terms."""
+    if isinstance(exc, Overloaded | ResourceExhausted):  # the queue, the in-flight bytes, memory: limits
+        return "RESOURCE_EXHAUSTED"
+    return GRPC_CODES[STATUS[type(exc)][0]]
+
+
 def status_of(exc: LossdError, protocol: Protocol = "problem") -> int:
     status = STATUS[type(exc)][0]
     return 400 if protocol == "v2" and status == 422 else status

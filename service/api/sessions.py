@@ -19,7 +19,9 @@ from starlette.types import Receive, Scope, Send
 
 from service import codec
 from service.api.deps import AppState, header_values, read_body, require_json, send_json
+from service.dataplane import Batch
 from service.sessions.state import export, result_json
+from service.sessions.store import feed
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -74,11 +76,14 @@ class BatchEndpoint:
         content_type, content_encoding = header_values(scope, b"content-type", b"content-encoding")
         require_json(content_type)
         scope["lossd"]["route"] = BATCH_ROUTE
-        losses = await state.sessions.losses(session_id)
-        body = await read_body(receive)
-        job = partial(state.plane.batch, losses)
-        batch = await state.compute(body, content_encoding, job, scope["lossd"]["hold"])
-        applied = await state.sessions.apply(session_id, batch.batch_id, batch.digest, batch.stats)
+
+        async def compute(losses: list[dict[str, Any]]) -> Batch:
+            body = await read_body(receive)  # read once the session is known to exist
+            return await state.compute(
+                body, content_encoding, partial(state.plane.batch, losses), scope["lossd"]["hold"]
+            )
+
+        losses, batch, applied = await feed(state.sessions, session_id, compute)
         results = [
             result_json(definition, stats, loss) | ({"warnings": warnings} if warnings else {})
             for definition, stats, loss, warnings in zip(losses, batch.stats, batch.losses, batch.warnings, strict=True)

@@ -14,12 +14,16 @@ from __future__ import annotations
 import copy
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from service.errors import Conflict, NotConfigured, SessionFull, SessionNotFound, TooManySessions
 from service.losses.registry import LossTotals
 from service.sessions.state import Merged, Record, labels
+
+if TYPE_CHECKING:
+    from service.dataplane import Batch
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,18 @@ def missing(session_id: str) -> SessionNotFound:
 def new_id() -> str:
     """A session id: 128 random bits, URL-safe."""
     return secrets.token_hex(16)
+
+
+async def feed(
+    store: Store, session_id: str, compute: Callable[[list[dict[str, Any]]], Awaitable[Batch]]
+) -> tuple[list[dict[str, Any]], Batch, bool]:
+    """Add one batch to a session, whatever the protocol: its losses, the batch `compute`d for them (every loss
+    with its statistics, or an error, before anything is applied), then the store's atomic apply. Returns the
+    losses, the batch and whether it was applied (False: a duplicate of a batch applied before)."""
+    losses = await store.losses(session_id)
+    batch = await compute(losses)
+    applied = await store.apply(session_id, batch.batch_id, batch.digest, batch.stats)
+    return losses, batch, applied
 
 
 class Store(Protocol):

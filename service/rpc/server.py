@@ -1,0 +1,449 @@
+"""The gRPC server: `inference.GRPCInferenceService`, health and reflection, in the process and on the event loop
+that serve HTTP.
+
+A thin adapter, like the HTTP routes: it turns messages into the data plane's inputs (`service.oip.plan` for a
+model's inference, `DataPlane.decoded_batch` for a session's batch), schedules them as HTTP requests are
+(`AppState.schedule`: inline when small, else in a thread under the concurrency, queue and time limits, with the
+client's deadline as the timeout when it is shorter), and renders errors from the one error table
+(`service.api.errors.grpc_code`) with the same wording as HTTP. Each call is counted in the metrics and written
+to the access log with its request id (`x-request-id` metadata, or a generated one, returned in the trailing
+metadata). API keys are checked on every method but health, as `authorization: Bearer <key>` metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
+
+import grpc
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service import codec, oip
+from service.api.deps import AppState
+from service.api.edge import RequestIds, valid_key
+from service.api.errors import grpc_code
+from service.compute import LossResult, RawTensor
+from service.dataplane import Batch, DataPlane, Job
+from service.errors import InvalidRequest, LossdError, NotFound, Unauthorized
+from service.losses.registry import LossSpec
+from service.rpc import grpc_service_pb2 as pb
+from service.rpc import grpc_service_pb2_grpc as pb_grpc
+from service.sessions.store import feed
+
+log = logging.getLogger("lossd")
+T = TypeVar("T")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+"""`inference.GRPCInferenceService`."""
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+STREAM = f"/{SERVICE}/ModelStreamInfer"
+
+
+def _param(value: Any) -> Any:
+    """An `InferParameter`'s value (bool, int, str or float), or None when it holds none."""
+    kind = value.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(value, kind)
+
+
+def _model(plane: DataPlane, name: str, version: str) -> LossSpec:
+    spec = plane.registry.get(name)
+    if version and version != oip.VERSION:
+        raise NotFound(f"model {name!r} has no version {version!r}; its only version is {oip.VERSION}")
+    return spec
+
+
+def _inputs(
+    plane: DataPlane, request: Any, check: Callable[[dict[str, RawTensor], str, int], None]
+) -> dict[str, RawTensor]:
+    """Each input from its slice of `raw_input_contents` (bytes, without a per-element loop) or from its typed
+    `contents`; `check` refuses a name before it is read."""
+    blobs = request.raw_input_contents
+    if blobs and len(blobs) != len(request.inputs):
+        raise InvalidRequest(
+            f"raw_input_contents holds {len(blobs)} tensors for {len(request.inputs)} inputs: give one per input, "
+            "in the order of inputs",
+            loc=("raw_input_contents",),
+        )
+    raw: dict[str, RawTensor] = {}
+    for i, item in enumerate(request.inputs):
+        check(raw, item.name, i)
+        shape = list(item.shape)
+        if blobs:
+            if item.HasField("contents"):
+                raise InvalidRequest(
+                    f"{item.name}: give its values in raw_input_contents or in contents, not both",
+                    loc=("inputs", i, "contents"),
+                )
+            tensor = codec.decode_v2(
+                item.name, item.datatype, shape, None, blobs[i], plane.limits, "raw_input_contents"
+            )
+        else:
+            tensor = codec.decode_v2_contents(item.name, item.datatype, shape, item.contents, plane.limits)
+        raw[item.name] = tensor
+    return raw
+
+
+def _distinct(raw: dict[str, RawTensor], name: str, i: int) -> None:
+    if name in raw:
+        raise InvalidRequest(f"input {name!r} is given twice", loc=("inputs", i))
+
+
+def _output(response: Any, name: str, t: torch.Tensor) -> None:
+    """Add `t` to `response` as Triton does: its metadata in `outputs`, its bytes in `raw_output_contents`."""
+    response.outputs.add(name=name, datatype=codec.V2_NAMES[t.dtype], shape=list(t.shape))
+    response.raw_output_contents.append(bytes(codec.tensor_bytes(t)))
+
+
+def _infer_response(spec: LossSpec, request_id: str, outputs: list[str], result: LossResult) -> Any:
+    tensors = {"loss": result.loss} | {f"grad_{name}": grad for name, grad in result.grads.items()}
+    response = pb.ModelInferResponse(model_name=spec.name, model_version=oip.VERSION, id=request_id)
+    if result.warnings:
+        response.parameters["warnings"].string_param = " ".join(result.warnings)
+    for name in outputs:
+        _output(response, name, tensors[name])
+    return response
+
+
+def _batch_response(request: Any, session_id: str, batch: Batch, applied: bool) -> Any:
+    """A session batch's answer: `loss` (float64, one per loss of the session, in its order) and `stats` (its
+    sum, weight and count per loss), as the HTTP route's `results` give them, and whether it was a duplicate."""
+    response = pb.ModelInferResponse(model_name=request.model_name, model_version=oip.VERSION, id=batch.batch_id)
+    response.parameters["sequence_id"].string_param = session_id
+    response.parameters["duplicate"].bool_param = not applied
+    warnings = [w for ws in batch.warnings for w in ws]
+    if warnings:
+        response.parameters["warnings"].string_param = " ".join(warnings)
+    _output(response, "loss", torch.tensor(batch.losses, dtype=torch.float64))
+    stats = [[s.total.sum, s.total.weight, float(s.total.count)] for s in batch.stats]
+    _output(response, "stats", torch.tensor(stats, dtype=torch.float64).reshape(-1, 3))
+    return response
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService` over one app's state (its data plane, limits, metrics and sessions)."""
+
+    def __init__(self, state: AppState):
+        self.state = state
+        self.plane = state.plane
+        self.ids = RequestIds()
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return await self._call(context, "ServerLive", lambda info: _ready(pb.ServerLiveResponse(live=True)))
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        async def ready(info: dict[str, Any]) -> Any:
+            return pb.ServerReadyResponse(ready=await self.state.not_ready() is None)
+
+        return await self._call(context, "ServerReady", ready)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        def ready(info: dict[str, Any]) -> Awaitable[Any]:
+            _model(self.plane, request.name, request.version)
+            return _ready(pb.ModelReadyResponse(ready=True))
+
+        return await self._call(context, "ModelReady", ready)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return await self._call(
+            context, "ServerMetadata", lambda info: _ready(pb.ServerMetadataResponse(**oip.server_metadata()))
+        )
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        def metadata(info: dict[str, Any]) -> Awaitable[Any]:
+            document = oip.model_metadata(_model(self.plane, request.name, request.version))
+            for side in ("inputs", "outputs"):  # `optional` is the HTTP document's alone
+                document[side] = [{k: v for k, v in t.items() if k != "optional"} for t in document[side]]
+            return _ready(pb.ModelMetadataResponse(**document))
+
+        return await self._call(context, "ModelMetadata", metadata)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        return await self._call(context, "ModelInfer", partial(self._infer, request, context))
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """Each request answered in order; an error answers that request (`error_message`) and the stream goes
+        on. A request with a `sequence_id` parameter feeds that session, its `id` as the batch id."""
+        stream_id = self._request_id(context)
+        context.set_trailing_metadata((("x-request-id", stream_id),))
+        n = 0
+        async for request in requests:
+            n += 1
+            info = self._info(f"{stream_id}:{n}")
+            start = time.perf_counter()
+            try:
+                if "sequence_id" in request.parameters:
+                    response = await self._batch(request, context, info)
+                else:
+                    response = await self._infer(request, context, info)
+                info["status"] = "OK"
+                answer = pb.ModelStreamInferResponse(infer_response=response)
+            except LossdError as exc:
+                info["status"] = grpc_code(exc)
+                answer = _stream_error(request, exc.detail)
+            except Exception as exc:
+                info["status"] = "INTERNAL"
+                log.error(
+                    "unexpected error in gRPC ModelStreamInfer", exc_info=exc, extra={"request_id": info["request_id"]}
+                )
+                answer = _stream_error(request, _internal(info))
+            except asyncio.CancelledError:  # the client left, or its deadline passed
+                info["status"] = _cancelled(context)
+                self._record(STREAM, info, time.perf_counter() - start)
+                raise
+            info["bytes_out"] = answer.ByteSize()
+            self._record(STREAM, info, time.perf_counter() - start)
+            yield answer
+
+    async def _infer(self, request: Any, context: Any, info: dict[str, Any]) -> Any:
+        spec = _model(self.plane, request.model_name, request.model_version)
+        info["loss"] = spec.name
+        parameters = {key: _param(value) for key, value in request.parameters.items()}
+        outputs = [output.name for output in request.outputs] or ["loss"]
+        plane = self.plane
+
+        def read() -> Job[Any]:
+            raw = _inputs(plane, request, partial(oip.check_input, spec))
+            job = oip.plan(plane, spec, parameters, raw, outputs, "binary")
+            return job.then(partial(_infer_response, spec, request.id, outputs))
+
+        weight = 2 if any(name.startswith("grad_") for name in outputs) else 1
+        return await self._schedule(read, request, context, info, weight)
+
+    async def _batch(self, request: Any, context: Any, info: dict[str, Any]) -> Any:
+        session_id = str(_param(request.parameters["sequence_id"]))
+        plane = self.plane
+
+        async def compute(losses: list[dict[str, Any]]) -> Batch:
+            names = [definition["name"] for definition in losses]
+            if request.model_name not in names:
+                raise InvalidRequest(
+                    f"session {session_id} computes {', '.join(names)}: model_name must be one of them",
+                    loc=("model_name",),
+                )
+            info["loss"] = request.model_name
+
+            def read() -> Job[Batch]:
+                return plane.decoded_batch(losses, request.id, _inputs(plane, request, _distinct))
+
+            return await self._schedule(read, request, context, info)
+
+        _, batch, applied = await feed(self.state.sessions, session_id, compute)
+        return _batch_response(request, session_id, batch, applied)
+
+    async def _schedule(
+        self, read: Callable[[], Job[T]], request: Any, context: Any, info: dict[str, Any], weight: int = 1
+    ) -> T:
+        """Hold the message's bytes against the in-flight bound, then read and compute it as HTTP bodies are,
+        within the client's deadline."""
+        size = request.ByteSize()
+        info["bytes_in"] = size
+        share = self.state.inflight.share()
+        try:
+            refusal = share.admit(size)
+            if refusal is not None:
+                raise refusal
+            return await self.state.schedule(read, size, weight, context.time_remaining())
+        finally:
+            share.close()
+
+    async def _call(self, context: Any, method: str, work: Callable[[dict[str, Any]], Awaitable[Any]]) -> Any:
+        """Run one unary call: its request id, its error as a status code, its metrics and access log line."""
+        info = self._info(self._request_id(context))
+        trailers: list[tuple[str, str]] = [("x-request-id", info["request_id"])]
+        start = time.perf_counter()
+        try:
+            result = await work(info)
+            info["status"] = "OK"
+            info["bytes_out"] = result.ByteSize()
+            context.set_trailing_metadata(tuple(trailers))
+            return result
+        except LossdError as exc:
+            info["status"] = code = grpc_code(exc)
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                trailers.append(("retry-after", str(retry_after)))
+            await context.abort(grpc.StatusCode[code], exc.detail, tuple(trailers))
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            info["status"] = "INTERNAL"
+            log.error("unexpected error in gRPC %s", method, exc_info=exc, extra={"request_id": info["request_id"]})
+            await context.abort(grpc.StatusCode.INTERNAL, _internal(info), tuple(trailers))
+        except asyncio.CancelledError:  # the client left, or its deadline passed
+            info["status"] = _cancelled(context)
+            raise
+        finally:
+            self._record(f"/{SERVICE}/{method}", info, time.perf_counter() - start)
+        raise AssertionError("unreachable: abort raises")
+
+    def _request_id(self, context: Any) -> str:
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-request-id" and isinstance(value, str) and _valid_id(value):
+                return value
+        return self.ids.next()
+
+    @staticmethod
+    def _info(request_id: str) -> dict[str, Any]:
+        return {"request_id": request_id, "status": "CANCELLED", "loss": "", "bytes_in": 0, "bytes_out": 0}
+
+    def _record(self, route: str, info: dict[str, Any], seconds: float) -> None:
+        """The call in the metrics (`status` is the gRPC code's name) and the access log, as HTTP requests are."""
+        state = self.state
+        state.metrics.record(route, info["loss"], info["status"], seconds, info["bytes_in"])
+        if state.access_log is not None:
+            state.access_log.write(
+                {
+                    "request_id": info["request_id"],
+                    "method": "gRPC",
+                    "route": route,
+                    "path": route,
+                    "loss": info["loss"] or None,
+                    "status": info["status"],
+                    "duration_ms": round(seconds * 1e3, 3),
+                    "bytes_in": info["bytes_in"],
+                    "bytes_out": info["bytes_out"],
+                }
+            )
+
+
+def _stream_error(request: Any, message: str) -> Any:
+    """A stream's answer to a request that failed: the message, and the request's model and id."""
+    return pb.ModelStreamInferResponse(
+        error_message=message, infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+    )
+
+
+def _cancelled(context: Any) -> str:
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+
+
+def _internal(info: dict[str, Any]) -> str:
+    return f"the server failed to handle this request; quote request id {info['request_id']}"
+
+
+async def _ready(value: T) -> T:
+    return value
+
+
+def _valid_id(value: str) -> bool:
+    return 0 < len(value) <= 128 and all(c.isalnum() or c in "._:-" for c in value) and value.isascii()
+
+
+class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """The standard health service, mirroring readiness (`/readyz`): SERVING when ready, NOT_SERVING while not
+    (the device failed, the session store is unreachable, the server drains). It knows the server ("") and
+    `inference.GRPCInferenceService`."""
+
+    WATCH_INTERVAL_S = 1.0
+
+    def __init__(self, state: AppState):
+        self.state = state
+
+    async def _status(self, service: str) -> Any:
+        if service not in ("", SERVICE):
+            return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        ready = await self.state.not_ready() is None
+        return health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        status = await self._status(request.service)
+        if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        """The status now, then each change (checked every second), until the client leaves."""
+        last = None
+        while True:
+            status = await self._status(request.service)
+            if status != last:
+                last = status
+                yield health_pb2.HealthCheckResponse(status=status)
+            await asyncio.sleep(self.WATCH_INTERVAL_S)
+
+
+class ApiKeys(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Every method but health needs `authorization: Bearer <key>` metadata with one of the keys."""
+
+    def __init__(self, keys: list[str], state: AppState):
+        self.keys = [key.encode() for key in keys]
+        self.state = state
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(f"/{HEALTH}/"):
+            return handler
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization" and valid_key(self.keys, str(value).encode("latin-1", "replace")):
+                return handler
+        self.state.metrics.rejections.labels(reason=Unauthorized.slug).inc()
+        return _refusing(handler)
+
+
+def _refusing(handler: Any) -> Any:
+    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
+    message = "a valid API key is required: send `authorization: Bearer <key>` metadata"
+
+    async def deny(request: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def deny_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover  (abort raises)
+
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    kind = (handler.request_streaming, handler.response_streaming)
+    make = kinds[kind]
+    return make(
+        deny_stream if kind[1] else deny,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def options(state: AppState) -> list[tuple[str, Any]]:
+    """The server's channel options: lossd's message limits instead of gRPC's 4 MiB, and the port shared by the
+    worker processes when there are several (else taking a port in use fails instead of sharing it)."""
+    settings = state.settings
+    return [
+        ("grpc.max_receive_message_length", settings.grpc_message_limit),
+        ("grpc.max_send_message_length", -1),  # the response is bounded by LOSSD_MAX_RESPONSE_BYTES before compute
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+    ]
+
+
+async def start(state: AppState) -> grpc.aio.Server:
+    """Serve gRPC for `state`'s app on `LOSSD_HOST:LOSSD_GRPC_PORT` on the running event loop."""
+    settings = state.settings
+    keys = state.api_keys
+    server = grpc.aio.server(
+        interceptors=[ApiKeys(keys, state)] if keys else None,
+        options=options(state),
+        maximum_concurrent_rpcs=settings.max_connections,
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(state), server)  # type: ignore[no-untyped-call]
+    health_pb2_grpc.add_HealthServicer_to_server(HealthService(state), server)
+    reflection.enable_server_reflection([SERVICE, HEALTH, reflection.SERVICE_NAME], server)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    address = f"{host}:{settings.grpc_port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"cannot serve gRPC on {address} (is the port in use?); LOSSD_GRPC_PORT=0 turns gRPC off"
+        ) from exc
+    await server.start()
+    log.info("gRPC (inference.GRPCInferenceService, health, reflection) on %s", address)
+    return server
