@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# lossd: PyTorch losses over HTTP. Two stages: dependencies are built into a virtual environment, which
-# the slim runtime stage copies without pip, caches or build tools.
+# lossd: PyTorch losses over HTTP (port 8000) and gRPC (port 8001). Two stages: dependencies are built into
+# a virtual environment, which the slim runtime stage copies without pip, caches or build tools.
 #
 #   docker build -t lossd .                                    # torch==2.13.0 as the index serves it
 #   docker build --build-arg TORCH_INDEX_URL=<PyTorch's CPU wheel index> -t lossd:cpu .   # CPU-only wheels
@@ -26,7 +26,7 @@ RUN python -m venv /opt/venv \
 FROM ${PYTHON_IMAGE} AS runtime
 ARG TORCH_VARIANT=cpu
 LABEL org.opencontainers.image.title="lossd" \
-      org.opencontainers.image.description="PyTorch loss functions as a REST service (v1 JSON API and the Open Inference Protocol)"
+      org.opencontainers.image.description="PyTorch loss functions over REST and gRPC (v1 JSON API and the Open Inference Protocol)"
 RUN useradd --system --uid 10001 --gid 0 --no-create-home --shell /usr/sbin/nologin lossd
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
@@ -36,10 +36,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LOSSD_HOST=0.0.0.0 \
     LOSSD_PORT=8000 \
+    LOSSD_GRPC_PORT=8001 \
     LOSSD_DEVICE=auto \
     MALLOC_ARENA_MAX=2
 USER 10001
-EXPOSE 8000
+# 8000: HTTP (REST, /healthz, /readyz, /metrics); 8001: gRPC (inference.GRPCInferenceService, grpc.health.v1)
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
 STOPSIGNAL SIGTERM

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint typecheck pytest openapi proto docs install install-dev install-browser install-redis install-bench bench bench-quick loadtest clean
+.PHONY: serve test lint typecheck pytest openapi proto docs install install-dev install-browser install-redis install-node install-bench bench bench-quick loadtest clean
 
 $(VENV)/.runtime: requirements.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
 	touch $@
 
 install: $(VENV)/.runtime
-install-dev: $(VENV)/.dev install-browser install-redis
+install-dev: $(VENV)/.dev install-browser install-redis install-node
 ## install-browser: Debian's chromium (as root, when missing) for tests/e2e/test_browser.py
 install-browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
@@ -82,3 +82,13 @@ loadtest: install-dev
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+## install-node: examples/node's npm packages (@grpc/grpc-js, @grpc/proto-loader, from its package-lock.json) for
+## tests/e2e/test_node_client.py's gRPC test, when node_modules is missing or older than the lock file
+install-node:
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+	  if [ ! -d examples/node/node_modules ] || [ examples/node/package-lock.json -nt examples/node/node_modules ]; then \
+	    { cd examples/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null && touch node_modules; } || \
+	    echo "npm ci failed in examples/node: the Node gRPC test (tests/e2e/test_node_client.py) will fail until it succeeds"; \
+	  fi; \
+	else echo "node/npm are not installed: the Node gRPC test (tests/e2e/test_node_client.py) will fail until they are on PATH"; fi

@@ -17,8 +17,16 @@ The results are followed by a "targets" table (tail latency against the minimal 
 the access log), measured apart: the servers of each target run in alternation, three rounds each, and the
 medians count. A "garbage collection" table follows.
 
+lossd also serves gRPC (`inference.GRPCInferenceService`): the "lossd gRPC" rows send ModelInfer with the same
+tensors, typed contents at N=1 and N=1,000 and raw contents at N=1M, from bench/grpc_load.py (grpc.aio, pinned
+to core 1 like wrk, every answer checked). Every other lossd server runs with LOSSD_GRPC_PORT=0. The "gRPC
+targets" compare them with lossd's HTTP rows, in the targets' alternating rounds.
+
     python bench/run.py            # everything (about 10 minutes on 2 cores)
     python bench/run.py --quick    # N=1 and N=1,000 only (about 4 minutes)
+    python bench/run.py --seconds 2 --rounds 1 --out /tmp/smoke.md \\
+        --only 'gRPC|^mse N=1 JSON nested c=8 / lossd$|^mse N=1,000,000 v2 binary c=2 / lossd$'
+                                   # a smoke run: the gRPC rows and targets only, 2 s each, one round
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import math
 import os
 import platform
@@ -42,6 +51,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import grpc_load  # bench/grpc_load.py, beside this script
 import httpx
 import numpy as np
 import orjson
@@ -59,10 +69,16 @@ LOSS_V2 = r'"name":"loss".-"data":%[([-%d%.eE+]+)'
 
 LOSSD = "lossd"
 LOSSD_LOG_OFF = "lossd (log off)"
+LOSSD_GRPC = "lossd gRPC"
 MINIMAL = "minimal FastAPI"
 GC_METRIC = "lossd_gc_pause_seconds"  # histogram, label `generation` (service/api/metrics.py)
 TAIL_TARGET = 1.5  # lossd's p99 at most 1.5x the minimal FastAPI endpoint's, at N=1 and N=1,000
 LOG_TARGET = 0.95  # lossd with its access log at least 0.95x the req/s of lossd without it, at N=1,000
+V2_1M = "mse N=1,000,000 v2 binary c=2"
+GRPC_WARMUP_S = 0.5
+"""Load before the measured window of a gRPC row (channels connected, first calls made, answers checked)."""
+GRPC_BUSY = 0.9
+"""A gRPC row whose load generator used more than this share of its core is reported: it may have set the pace."""
 
 
 @dataclass
@@ -72,18 +88,30 @@ class Server:
     ready_path: str
     env: dict[str, str] = field(default_factory=dict)
     metrics_path: str | None = None  # a Prometheus endpoint with lossd's metrics
+    grpc_port: int | None = None  # where the load goes, over gRPC (bench/grpc_load.py), instead of HTTP
 
 
 def servers(port: int) -> dict[str, Server]:
-    # lossd's defaults, but on the CPU with torch on one thread, as every peer runs (fairness)
+    # lossd's defaults, but on the CPU with torch on one thread, as every peer runs (fairness); gRPC off but
+    # for the gRPC server (its default port, 8001, could clash)
     lossd_env = {
         "LOSSD_PORT": str(port),
+        "LOSSD_GRPC_PORT": "0",
         "LOSSD_DEVICE": "cpu",
         "LOSSD_TORCH_THREADS": "1",
     }
+    grpc_port = free_port(port)
     peer = [PY]
     return {
         LOSSD: Server(LOSSD, [PY, "-m", "service"], "/readyz", lossd_env, "/metrics"),
+        LOSSD_GRPC: Server(
+            LOSSD_GRPC,
+            [PY, "-m", "service"],
+            "/readyz",  # ready once the gRPC server has started too
+            lossd_env | {"LOSSD_GRPC_PORT": str(grpc_port)},
+            "/metrics",
+            grpc_port,
+        ),
         LOSSD_LOG_OFF: Server(
             LOSSD_LOG_OFF, [PY, "-m", "service"], "/readyz", lossd_env | {"LOSSD_ACCESS_LOG": "false"}, "/metrics"
         ),
@@ -101,7 +129,7 @@ class Request:
     body: bytes
     content_type: str = "application/json"
     header: str = ""  # one extra "Name: value"
-    pattern: str = LOSS_JSON
+    pattern: str = LOSS_JSON  # (gRPC: unused, bench/grpc_load.py reads the loss from the answer)
     setup: Callable[[str], str] | None = None
     """Prepares the server (given its base URL) and returns the path to load, instead of `path`."""
 
@@ -137,6 +165,7 @@ class Result:
     seconds: float = 0.0
     gc: dict[str, GcPauses] | None = None  # generation -> pauses, for servers with metrics ({}: not read)
     log_lines: int | None = None  # access log lines written during the run, for lossd
+    generator_cpu: float | None = None  # cores the gRPC load generator used (1.0: it set the pace)
 
 
 def _vectors(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -172,8 +201,18 @@ def _v2_binary(inputs: list[tuple[str, np.ndarray, str]], outputs: list[dict[str
     )
 
 
+def _grpc(x: np.ndarray, y: np.ndarray, raw: bool) -> Request:
+    """mse as a ModelInfer call for bench/grpc_load.py: `path` is the method, `body` the serialized message."""
+    body = grpc_load.infer_request("mse", {"input": x, "target": y}, raw)
+    return Request(grpc_load.PATH, body, "application/grpc", pattern="")
+
+
 def json_nested_name(n: int, concurrency: int) -> str:
     return f"mse N={n:,} JSON nested c={concurrency}"
+
+
+def grpc_name(n: int, concurrency: int, contents: str) -> str:
+    return f"mse N={n:,} gRPC {contents} c={concurrency}"
 
 
 def scenarios() -> list[Scenario]:
@@ -188,6 +227,8 @@ def scenarios() -> list[Scenario]:
         if n == 1_000_000:  # the access log's cost is measured where requests are many
             del reqs[LOSSD_LOG_OFF]
         out.append(Scenario(json_nested_name(n, c), c, reqs, expected, quick))
+        if n < 1_000_000:  # the same tensors as typed contents (fp32_contents)
+            out.append(Scenario(grpc_name(n, c, "typed"), c, {LOSSD_GRPC: _grpc(x, y, raw=False)}, expected, quick))
     x, y = _vectors(1_000_000, 7)
     expected = F.mse_loss(torch.from_numpy(x), torch.from_numpy(y)).item()
     flat = orjson.dumps(
@@ -208,7 +249,8 @@ def scenarios() -> list[Scenario]:
     out += [
         Scenario("mse N=1,000,000 JSON flat data c=2", 2, {"lossd": Request("/v1/losses/mse", flat)}, expected),
         Scenario("mse N=1,000,000 base64 c=2", 2, {"lossd": Request("/v1/losses/mse", b64)}, expected),
-        Scenario("mse N=1,000,000 v2 binary c=2", 2, {"lossd": v2}, expected),
+        Scenario(V2_1M, 2, {LOSSD: v2}, expected),
+        Scenario(grpc_name(1_000_000, 2, "raw"), 2, {LOSSD_GRPC: _grpc(x, y, raw=True)}, expected),
         Scenario(
             "mse N=1,000,000 raw float32 body c=2",
             2,
@@ -259,15 +301,17 @@ def session_scenario() -> Scenario:
     return Scenario("3 losses N=1,000 JSON nested c=8", 8, requests, expected)
 
 
-def session_runs(seconds: int) -> dict[str, list[Result]]:
+def session_runs(seconds: int, only: Callable[[str], Any]) -> dict[str, list[Result]]:
     """/v1/evaluate and the two session stores in alternation, `SESSION_ROUNDS` rounds each; Redis on loopback,
     started here (a fresh database per run)."""
-    sys.path.insert(0, str(ROOT))
-    from tests.redis_server import RedisServer
-
     scenario = session_scenario()
     names = list(scenario.requests)
     runs: dict[str, list[Result]] = {}
+    if not any(only(f"{scenario.name} / {name}") for name in names):  # the table needs all of them
+        return runs
+    sys.path.insert(0, str(ROOT))
+    from tests.redis_server import RedisServer
+
     for round_ in range(SESSION_ROUNDS):
         for name in names if round_ % 2 == 0 else reversed(names):
             port = free_port()
@@ -323,10 +367,13 @@ def session_table(runs: dict[str, list[Result]]) -> list[str]:
     return lines
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(*taken: int) -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            return port
 
 
 def pinned(argv: list[str], core: int) -> list[str]:
@@ -386,6 +433,56 @@ def drive_wrk(
     if v["wrong"] or v["errors"]:
         raise RuntimeError(f"{v['wrong']} wrong answers, {v['errors']} errors: {line}")
     return v["requests"], v["wrong"], v["duration_us"] / 1e6, v["p50_us"] / 1e3, v["p99_us"] / 1e3
+
+
+class GrpcLoad:
+    """bench/grpc_load.py for one run, pinned like wrk. Started, it warms up (its first answers are checked: it
+    exits on a wrong one) and waits; `finish` measures, as `drive_wrk` does, and gives the generator's CPU use."""
+
+    def __init__(self, address: str, scenario: Scenario, seconds: int, body_file: str):
+        argv = [PY, str(HERE / "grpc_load.py"), address, "--request", body_file, "--expected", repr(scenario.expected)]
+        argv += ["--seconds", str(seconds), "--concurrency", str(scenario.concurrency)]
+        argv += ["--warmup", str(GRPC_WARMUP_S), "--hold"]
+        self.timeout = seconds + 180
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self.proc = subprocess.Popen(
+            pinned(argv, 1), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "warm":
+            out, err = self._end("")
+            raise RuntimeError(f"grpc_load.py did not warm up ({self.proc.returncode}):\n{out}\n{err}")
+
+    def finish(self) -> tuple[int, int, float, float, float, float]:
+        out, err = self._end("go\n")
+        line = next((ln for ln in reversed(out.splitlines()) if ln.startswith("{")), None)
+        v = json.loads(line) if line else {}
+        if v.get("wrong") or v.get("errors"):
+            raise RuntimeError(f"{v['wrong']} wrong answers, {v['errors']} errors: {line}")
+        if self.proc.returncode or not v:
+            raise RuntimeError(f"grpc_load.py failed ({self.proc.returncode}):\n{out}\n{err}")
+        if v["client_cpu"] > GRPC_BUSY:
+            print(
+                f"warning: the gRPC load generator used {v['client_cpu']:.2f} of its core: it may have set the pace",
+                file=sys.stderr,
+                flush=True,
+            )
+        return v["requests"], v["wrong"], v["seconds"], v["p50_ms"], v["p99_ms"], v["client_cpu"]
+
+    def _end(self, stdin: str) -> tuple[str, str]:
+        """Its stdout and stderr, once it has ended."""
+        try:
+            out, _ = self.proc.communicate(stdin, timeout=self.timeout)
+            self.stderr.seek(0)
+            return out, self.stderr.read().decode(errors="replace")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr.close()
 
 
 async def _drive_httpx(
@@ -489,9 +586,13 @@ def run_one(scenario: Scenario, server: Server, port: int, seconds: int) -> Resu
     fd, log_path = tempfile.mkstemp(prefix="lossd-bench-", suffix=".log", dir=memory)
     os.close(fd)
     log = open(log_path, "ab")  # noqa: SIM115 (closed in the finally clause)
+    body_file = tempfile.NamedTemporaryFile(suffix=".body")  # noqa: SIM115 (closed in the finally clause)
+    body_file.write(req.body)  # for wrk, or bench/grpc_load.py
+    body_file.flush()
     # in a session of its own, so that stop() ends every process the server started
     proc = subprocess.Popen(pinned(server.argv, 0), cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    load: GrpcLoad | None = None
 
     def output_tail() -> str:
         with open(log_path, "rb") as f:
@@ -511,20 +612,23 @@ def run_one(scenario: Scenario, server: Server, port: int, seconds: int) -> Resu
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{server.name} did not start:\n{output_tail()}")
             time.sleep(0.3)
-        headers = {"content-type": req.content_type} | (dict([req.header.split(": ", 1)]) if req.header else {})
-        path = req.setup(base) if req.setup else req.path
-        for _ in range(3):  # warm-up, and a first check of the answer
-            warm = httpx.post(base + path, content=req.body, headers=headers, timeout=120)
-            if warm.status_code != 200 or not check(warm.content, req.pattern, scenario.expected):
-                raise RuntimeError(f"{server.name} answered wrongly: {warm.status_code} {warm.content[:300]!r}")
+        if server.grpc_port:  # warmed up by the generator, which then waits
+            load = GrpcLoad(f"127.0.0.1:{server.grpc_port}", scenario, seconds, body_file.name)
+        else:
+            headers = {"content-type": req.content_type} | (dict([req.header.split(": ", 1)]) if req.header else {})
+            path = req.setup(base) if req.setup else req.path
+            for _ in range(3):  # warm-up, and a first check of the answer
+                warm = httpx.post(base + path, content=req.body, headers=headers, timeout=120)
+                if warm.status_code != 200 or not check(warm.content, req.pattern, scenario.expected):
+                    raise RuntimeError(f"{server.name} answered wrongly: {warm.status_code} {warm.content[:300]!r}")
         idle = tree_rss_mb(proc.pid, "VmRSS")
         gc_before = gc_pauses(base, server.metrics_path) if server.metrics_path else None
         log_start = os.path.getsize(log_path)
-        if shutil.which("wrk"):
-            with tempfile.NamedTemporaryFile(suffix=".body") as f:
-                f.write(req.body)
-                f.flush()
-                count, _, elapsed, p50, p99 = drive_wrk(base + path, req, scenario, seconds, f.name)
+        generator_cpu = None
+        if load is not None:
+            count, _, elapsed, p50, p99, generator_cpu = load.finish()
+        elif shutil.which("wrk"):
+            count, _, elapsed, p50, p99 = drive_wrk(base + path, req, scenario, seconds, body_file.name)
         else:
             count, _, elapsed, p50, p99 = asyncio.run(_drive_httpx(base + path, req, scenario, seconds))
         peak = tree_rss_mb(proc.pid, "VmHWM")
@@ -537,8 +641,24 @@ def run_one(scenario: Scenario, server: Server, port: int, seconds: int) -> Resu
             with open(log_path, "rb") as reader:
                 reader.seek(log_start)
                 log_lines = sum(1 for line in reader if b'"logger":"lossd.access"' in line)
-        return Result(scenario.name, server.name, count / elapsed, p50, p99, idle, peak, count, elapsed, gc, log_lines)
+        return Result(
+            scenario.name,
+            server.name,
+            count / elapsed,
+            p50,
+            p99,
+            idle,
+            peak,
+            count,
+            elapsed,
+            gc,
+            log_lines,
+            generator_cpu,
+        )
     finally:
+        if load is not None:
+            load.close()
+        body_file.close()
         stop(proc)
         log.close()
         os.unlink(log_path)
@@ -645,12 +765,13 @@ def machine() -> str:
         else "httpx (wrk not installed)"
     )
     import fastapi
+    import grpc
     import litserve
 
     return (
         f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}, "
-        f"torch {torch.__version__}, fastapi {fastapi.__version__}, litserve {litserve.__version__}; load: {wrk}"
+        f"Python {platform.python_version()}, torch {torch.__version__}, fastapi {fastapi.__version__}, "
+        f"litserve {litserve.__version__}, grpcio {grpc.__version__}; load: {wrk}, gRPC: bench/grpc_load.py"
     )
 
 
@@ -660,14 +781,30 @@ TARGET_ROUNDS = 5
 hits both servers of a round. Each round gives a ratio; a target is judged on the median of those ratios."""
 
 
-def target_runs(seconds: int, quick: bool) -> dict[tuple[str, str], list[Result]]:
-    """Each target's servers run in alternation (A B, B A, A B, ...), `TARGET_ROUNDS` rounds each."""
+GRPC_TARGETS = [
+    (grpc_name(1, 8, "typed"), json_nested_name(1, 8), 1.3),
+    (grpc_name(1_000_000, 2, "raw"), V2_1M, 0.9),
+]
+"""(gRPC scenario, HTTP scenario, target): lossd gRPC's req/s at least `target` times lossd's over HTTP."""
+
+
+def target_runs(
+    seconds: int, quick: bool, rounds: int, only: Callable[[str], Any]
+) -> dict[tuple[str, str], list[Result]]:
+    """Each target's runs (scenario, server) in alternation (A B, B A, A B, ...), `rounds` rounds each; the runs
+    whose "scenario / server" `only` refuses are left out."""
     by_name = {s.name: s for s in scenarios() if s.quick or not quick}
     runs: dict[tuple[str, str], list[Result]] = {}
-    plan = [(json_nested_name(1, 8), (MINIMAL, LOSSD)), (json_nested_name(1_000, 8), (MINIMAL, LOSSD, LOSSD_LOG_OFF))]
-    for round_ in range(TARGET_ROUNDS):
-        for scenario_name, names in plan:
-            for name in names if round_ % 2 == 0 else reversed(names):  # no server always runs first
+    n1, n1000 = json_nested_name(1, 8), json_nested_name(1_000, 8)
+    plan = [
+        [(n1, MINIMAL), (n1, LOSSD), (GRPC_TARGETS[0][0], LOSSD_GRPC)],  # tail latency; gRPC at N=1
+        [(n1000, MINIMAL), (n1000, LOSSD), (n1000, LOSSD_LOG_OFF)],  # tail latency; access log
+        [(V2_1M, LOSSD), (GRPC_TARGETS[1][0], LOSSD_GRPC)],  # gRPC raw at N=1M
+    ]
+    plan = [[key for key in group if key[0] in by_name and only(" / ".join(key))] for group in plan]
+    for round_ in range(rounds):
+        for group in plan:
+            for scenario_name, name in group if round_ % 2 == 0 else reversed(group):  # none always runs first
                 port = free_port()
                 result = run_one(by_name[scenario_name], servers(port)[name], port, seconds)
                 runs.setdefault((scenario_name, name), []).append(result)
@@ -683,14 +820,20 @@ def _median(values: list[float]) -> float:
     return float(np.median(values))
 
 
-def targets(runs: dict[tuple[str, str], list[Result]]) -> list[str]:
+def _rps_ratio(ours: list[Result], base: list[Result]) -> tuple[float, str]:
+    """The median of the rounds' req/s ratios (ours over base), and each round's req/s ("ours/base, ...")."""
+    pairs = list(zip(ours, base, strict=True))
+    return _median([x.rps / y.rps for x, y in pairs]), ", ".join(f"{x.rps:,.0f}/{y.rps:,.0f}" for x, y in pairs)
+
+
+def targets(runs: dict[tuple[str, str], list[Result]], rounds: int) -> list[str]:
     """The targets table: for each target, the median of the rounds' ratios, its target and whether it is
     met, with every round's values."""
     lines = [
         "",
         "## Targets",
         "",
-        f"Measured apart from the table above: the servers of each target in alternation, {TARGET_ROUNDS} rounds "
+        f"Measured apart from the table above: the servers of each target in alternation, {rounds} rounds "
         "each. Each round gives a ratio; the table shows the median of those ratios, then each round's values.",
         "",
         "| what | measured | target | met |",
@@ -715,13 +858,42 @@ def targets(runs: dict[tuple[str, str], list[Result]]) -> list[str]:
     if not on or not off:
         lines.append(f"| {what} | not measured | at least {LOG_TARGET}x | |")
     else:
-        ratio = _median([x.rps / y.rps for x, y in zip(on, off, strict=True)])
+        ratio, each = _rps_ratio(on, off)
         cost = (1 - ratio) * 100
         said = f"a cost of {cost:.1f}%" if cost >= 0 else f"no cost: the runs with the log were {-cost:.1f}% faster"
-        each = ", ".join(f"{x.rps:,.0f}/{y.rps:,.0f}" for x, y in zip(on, off, strict=True))
         lines.append(
             f"| {what} | {ratio:.2f}x ({said}; rounds {each} req/s) | "
             f"at least {LOG_TARGET}x | {'met' if ratio >= LOG_TARGET else 'not met'} |"
+        )
+    return lines
+
+
+def grpc_targets(runs: dict[tuple[str, str], list[Result]], rounds: int) -> list[str]:
+    """lossd over gRPC against lossd over HTTP on the same tensors, from the targets' rounds."""
+    lines = [
+        "",
+        "## gRPC targets",
+        "",
+        "lossd's req/s over gRPC (ModelInfer from bench/grpc_load.py: grpc.aio on uvloop, one process pinned to "
+        "core 1 as wrk is, the request serialized once, every answer checked) over its req/s over HTTP (wrk) on "
+        f"the same tensors at the same concurrency; measured with the targets above, in alternation, {rounds} "
+        "rounds. Each round gives a ratio; the table shows their median, then each round's req/s (gRPC/HTTP) and "
+        "the most CPU the gRPC load generator used (1.0 would mean it, not lossd, set the pace).",
+        "",
+        "| what | measured | target | met |",
+        "|---|---|---|---|",
+    ]
+    for grpc_scenario, http_scenario, target in GRPC_TARGETS:
+        ours, base = runs.get((grpc_scenario, LOSSD_GRPC)), runs.get((http_scenario, LOSSD))
+        what = f"{grpc_scenario} / {http_scenario}: lossd gRPC's req/s / lossd's req/s"
+        if not ours or not base:
+            lines.append(f"| {what} | not measured | at least {target}x | |")
+            continue
+        ratio, each = _rps_ratio(ours, base)
+        busy = max(r.generator_cpu or 0.0 for r in ours)
+        lines.append(
+            f"| {what} | {ratio:.2f}x (rounds {each} req/s; generator at most {busy:.2f} of its core) | "
+            f"at least {target}x | {'met' if ratio >= target else 'not met'} |"
         )
     return lines
 
@@ -773,6 +945,8 @@ def report(
     quick: bool,
     seconds: int,
     sessions: dict[str, list[Result]],
+    rounds: int = TARGET_ROUNDS,
+    only: str | None = None,
 ) -> str:
     lines = [
         "# lossd benchmark results",
@@ -785,7 +959,9 @@ def report(
         "lossd runs with its defaults as users get them (log level info, one JSON access log line per request on "
         "stderr, which the benchmark writes to a file), except `LOSSD_DEVICE=cpu` and `LOSSD_TORCH_THREADS=1`, "
         'because every peer computes on the CPU with torch on one thread. "lossd (log off)" is the same server '
-        "with `LOSSD_ACCESS_LOG=false`. The \"lossd is\" column is lossd's req/s over each row's.",
+        'with `LOSSD_ACCESS_LOG=false`. "lossd gRPC" is the same server called over gRPC (ModelInfer, typed '
+        "contents or raw contents) by bench/grpc_load.py, pinned to core 1 as wrk is; the other lossd servers run "
+        "with `LOSSD_GRPC_PORT=0`. The \"lossd is\" column is lossd's req/s over each row's.",
         "",
         "| scenario | server | req/s | p50 ms | p99 ms | RSS after warm-up MB | peak RSS MB | lossd is |",
         "|---|---|---:|---:|---:|---:|---:|---|",
@@ -801,7 +977,11 @@ def report(
                 f"| {name} | {r.server} | {r.rps:,.1f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.idle_rss_mb:.0f} | "
                 f"{r.peak_rss_mb:.0f} | {ratio} |"
             )
-    lines += targets(runs)
+    busy = [f"{r.scenario} {r.generator_cpu:.2f}" for r in results if r.generator_cpu is not None]
+    if busy:
+        lines += ["", "CPU the gRPC load generator used, in cores (1.0: it set the pace): " + ", ".join(busy) + "."]
+    lines += targets(runs, rounds)
+    lines += grpc_targets(runs, rounds)
     lines += session_table(sessions)
     lines += gc_table(results)
     if split:
@@ -810,9 +990,12 @@ def report(
             "Time split of one cross_entropy 65,536 x 100 request with its gradient "
             f"(in-process, median of 5): {split}.",
         ]
-    lines += isolation_overhead()
+    if only is None:
+        lines += isolation_overhead()
     if quick:
         lines += ["", "(quick run: N=1 and N=1,000 only)"]
+    if only is not None:
+        lines += ["", f"(partial run: only the runs whose scenario / server matches `{only}`)"]
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
@@ -824,34 +1007,44 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N=1 and N=1,000 only, 5 s each")
     parser.add_argument("--seconds", type=int, default=None, help="load time per server and scenario")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="where to write the table")
+    parser.add_argument("--rounds", type=int, default=TARGET_ROUNDS, help="rounds of the targets")
+    parser.add_argument(
+        "--only",
+        metavar="REGEX",
+        help='only the runs whose "scenario / server" matches (e.g. gRPC); no time split or worker overhead',
+    )
     args = parser.parse_args()
     seconds = args.seconds or (5 if args.quick else 10)
+    only = re.compile(args.only).search if args.only else lambda key: True
     results = []
     for scenario in scenarios():
         if args.quick and not scenario.quick:
             continue
         for name in scenario.requests:
+            if not only(f"{scenario.name} / {name}"):
+                continue
             port = free_port()
             server = servers(port)[name]
             result = run_one(scenario, server, port, seconds)
             print(
                 f"{scenario.name:<52} {name:<16} {result.rps:>10,.1f} req/s  p50 {result.p50_ms:8.2f} ms  "
-                f"p99 {result.p99_ms:8.2f} ms  peak RSS {result.peak_rss_mb:6.0f} MB",
+                f"p99 {result.p99_ms:8.2f} ms  peak RSS {result.peak_rss_mb:6.0f} MB"
+                + (f"  generator {result.generator_cpu:.2f} cores" if result.generator_cpu is not None else ""),
                 flush=True,
             )
             results.append(result)
             if result.log_lines is not None:
-                expect_log = name == LOSSD
+                expect_log = name in (LOSSD, LOSSD_GRPC)
                 if (expect_log and result.log_lines < 0.9 * result.requests) or (not expect_log and result.log_lines):
                     print(
                         f"warning: {name} wrote {result.log_lines:,} access log lines for {result.requests:,} requests",
                         file=sys.stderr,
                         flush=True,
                     )
-    runs = target_runs(seconds, args.quick)
-    sessions = session_runs(seconds)
-    split = None if args.quick else time_split()
-    text = report(results, runs, split, args.quick, seconds, sessions)
+    runs = target_runs(seconds, args.quick, args.rounds, only)
+    sessions = session_runs(seconds, only)
+    split = None if args.quick or args.only else time_split()
+    text = report(results, runs, split, args.quick, seconds, sessions, args.rounds, args.only)
     Path(args.out).write_text(text)
     print("\n" + text)
 

@@ -1,8 +1,10 @@
-"""The Node.js example (built-in fetch only) against the running service; its results equal torch's."""
+"""The Node.js examples against the running service: client.mjs and session.mjs (built-in fetch only) over HTTP,
+grpc.mjs (@grpc/grpc-js, installed by `make install-node`) over gRPC; their results equal torch's."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tests import wire
+from tests.e2e.conftest import free_port, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = shutil.which("node")
@@ -91,3 +94,87 @@ def test_session_example(server: str) -> None:
         torch.testing.assert_close(torch.tensor(got_plain["loss"], dtype=torch.float32), want_plain)
         torch.testing.assert_close(torch.tensor(got_weighted["loss"], dtype=torch.float32), want_weighted)
         assert got_plain["stats"]["count"] == int((y[rows] != -100).sum())
+
+
+NODE_MODULES = ROOT / "examples" / "node" / "node_modules"
+
+
+@pytest.fixture(scope="module")
+def grpc_printed() -> dict[str, Any]:
+    """What examples/node/grpc.mjs prints against a server of its own with gRPC on a free port. Fails, never
+    skips, where node or the example's npm packages are missing."""
+    if NODE is None:
+        pytest.fail("node is not on PATH: the gRPC example needs Node.js 18+ and `make install-node`")
+    if not (NODE_MODULES / "@grpc" / "grpc-js").is_dir() or not (NODE_MODULES / "@grpc" / "proto-loader").is_dir():
+        pytest.fail("examples/node has no node_modules/@grpc: run `make install-node` (npm ci in examples/node)")
+    grpc_port = free_port()
+    _, proc = start_server(LOSSD_GRPC_PORT=str(grpc_port))
+    try:
+        run = subprocess.run(
+            [NODE, str(ROOT / "examples" / "node" / "grpc.mjs")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=os.environ | {"LOSSD_GRPC": f"127.0.0.1:{grpc_port}"},
+        )
+    finally:
+        stop_server(proc)
+    assert run.returncode == 0, run.stderr
+    out: dict[str, Any] = json.loads(run.stdout)
+    return out
+
+
+def _fp32(request: dict[str, Any], name: str) -> torch.Tensor:
+    """A typed FP32 input of a request as grpc.mjs sent it."""
+    (tensor,) = [t for t in request["inputs"] if t["name"] == name]
+    return torch.tensor(tensor["contents"]["fp32_contents"], dtype=torch.float32).reshape(tensor["shape"])
+
+
+def test_grpc_ready_and_metadata(grpc_printed: dict[str, Any]) -> None:
+    assert grpc_printed["ready"] is True
+    metadata = grpc_printed["metadata"]
+    assert (metadata["name"], metadata["versions"], metadata["platform"]) == ("cross_entropy", ["1"], "pytorch")
+    assert metadata["inputs"][:2] == [
+        {"name": "input", "datatype": "FP32", "shape": [-1]},
+        {"name": "target", "datatype": "INT64", "shape": [-1]},
+    ]
+    assert [t["name"] for t in metadata["outputs"]][:2] == ["loss", "grad_input"]
+
+
+def test_grpc_typed_contents(grpc_printed: dict[str, Any]) -> None:
+    case = grpc_printed["mse"]
+    assert (case["id"], case["loss_shape"]) == ("node-grpc-mse", [])
+    expected = F.mse_loss(torch.tensor(case["input"]), torch.tensor(case["target"]))
+    wire.assert_same(case["loss"], expected)
+
+
+def test_grpc_raw_contents_with_grad(grpc_printed: dict[str, Any]) -> None:
+    case = grpc_printed["cross_entropy"]
+    x = torch.tensor(case["input"], dtype=torch.float32).reshape(case["input_shape"]).requires_grad_()
+    expected = F.cross_entropy(x, torch.tensor(case["target"]), label_smoothing=case["label_smoothing"])
+    expected.backward()
+    assert x.grad is not None
+    assert case["datatypes"] == ["FP32", "FP32"]
+    assert case["grad_input_shape"] == list(x.shape)
+    wire.assert_same(case["loss"], expected)
+    wire.assert_same(case["grad_input"], x.grad.reshape(-1))
+
+
+def test_grpc_error_status(grpc_printed: dict[str, Any]) -> None:
+    error = grpc_printed["error"]
+    assert error is not None, "the call with class index 5 of 3 classes succeeded"
+    assert (error["code"], error["code_number"]) == ("INVALID_ARGUMENT", 3)
+    assert error["message"].startswith("class index 5 at target[0] is out of range"), error
+
+
+def test_grpc_stream_answers_in_order(grpc_printed: dict[str, Any]) -> None:
+    requests, answers = grpc_printed["stream"]["requests"], grpc_printed["stream"]["answers"]
+    assert [a["id"] for a in answers] == [r["id"] for r in requests] == ["stream-1", "stream-2", "stream-3"]
+    smooth, _, l1 = requests
+    beta = smooth["parameters"]["beta"]["double_param"]
+    assert answers[0]["model"] == "smooth_l1"
+    wire.assert_same(answers[0]["loss"], F.smooth_l1_loss(_fp32(smooth, "input"), _fp32(smooth, "target"), beta=beta))
+    assert answers[1]["error_message"].startswith("no loss named 'no_such_loss'"), answers[1]
+    reduction = l1["parameters"]["reduction"]["string_param"]
+    assert answers[2]["model"] == "l1"
+    wire.assert_same(answers[2]["loss"], F.l1_loss(_fp32(l1, "input"), _fp32(l1, "target"), reduction=reduction))

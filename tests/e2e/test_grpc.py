@@ -1,0 +1,524 @@
+"""gRPC against the running service (`python -m service` with `LOSSD_GRPC_PORT`), through stubs generated from the
+proto the server uses: every loss with typed and raw inputs and its gradients, parameters, the stream and its
+sessions, health, reflection, API keys, metrics and the access log, hostile input and SIGTERM.
+
+Every number is compared with `torch.nn.functional` computed here (bit for bit on the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from torch import Tensor
+
+from service.losses import REGISTRY
+from service.rpc import grpc_service_pb2 as pb
+from service.rpc import grpc_service_pb2_grpc as pb_grpc
+from tests import wire
+from tests.cases import CASES, FUNCTIONAL, Case, randint, randn, reference
+from tests.e2e.conftest import ROOT, free_port, start_server, stop_server
+
+LIMIT = 16 * 2**20
+"""The module server's LOSSD_GRPC_MAX_MESSAGE_BYTES."""
+DATATYPES = {torch.float32: "FP32", torch.float64: "FP64", torch.int64: "INT64", torch.int32: "INT32"}
+UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+"""The test's own channels send and receive any size: the limits under test are the server's."""
+NUMPY = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64}
+
+
+class Server:
+    """A running lossd with gRPC: its HTTP base URL, gRPC address, process and a stub over one channel."""
+
+    def __init__(self, **env: str):
+        self.port = free_port()
+        self.url, self.proc = start_server(LOSSD_GRPC_PORT=str(self.port), **env)
+        self.address = f"127.0.0.1:{self.port}"
+        self.channel = grpc.insecure_channel(self.address, options=UNLIMITED)
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+        stop_server(self.proc)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    s = Server(LOSSD_GRPC_MAX_MESSAGE_BYTES=str(LIMIT))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _param(value: Any) -> Any:
+    p = pb.InferParameter()
+    if isinstance(value, bool):
+        p.bool_param = value
+    elif isinstance(value, int):
+        p.int64_param = value
+    elif isinstance(value, float):
+        p.double_param = value
+    else:
+        p.string_param = value
+    return p
+
+
+def request(
+    model: str,
+    tensors: dict[str, Tensor],
+    *,
+    raw: bool = True,
+    outputs: list[str] | None = None,
+    request_id: str = "",
+    **params: Any,
+) -> Any:
+    """A ModelInferRequest: inputs in `raw_input_contents` or as typed contents, loss parameters."""
+    message = pb.ModelInferRequest(model_name=model, id=request_id)
+    for key, value in params.items():
+        message.parameters[key].CopyFrom(_param(value))
+    for name, t in tensors.items():
+        datatype = DATATYPES[t.dtype]
+        item = message.inputs.add(name=name, datatype=datatype, shape=list(t.shape))
+        if raw:
+            message.raw_input_contents.append(t.contiguous().numpy().tobytes())
+        elif datatype == "FP32":
+            item.contents.fp32_contents.extend(t.reshape(-1).tolist())
+        elif datatype == "FP64":
+            item.contents.fp64_contents.extend(t.reshape(-1).tolist())
+        elif datatype == "INT64":
+            item.contents.int64_contents.extend(t.reshape(-1).tolist())
+        else:
+            item.contents.int_contents.extend(t.reshape(-1).tolist())
+    for name in outputs or []:
+        message.outputs.add(name=name)
+    return message
+
+
+def outputs(response: Any) -> dict[str, Tensor]:
+    """The response's tensors, from `raw_output_contents` (aligned with `outputs`), as Triton sends them."""
+    assert len(response.raw_output_contents) == len(response.outputs)
+    found = {}
+    for meta, blob in zip(response.outputs, response.raw_output_contents, strict=True):
+        array = np.frombuffer(blob, dtype=NUMPY[meta.datatype]).reshape(list(meta.shape))
+        found[meta.name] = torch.from_numpy(array.copy())
+    return found
+
+
+def same(got: Tensor, expected: Tensor) -> None:
+    """Bit for bit on the CPU (NaN equal to NaN), within the dtype's tolerance on CUDA."""
+    if wire.DEVICE == "cpu":
+        assert got.dtype == expected.dtype, (got, expected)
+        assert got.shape == expected.shape, (got, expected)
+        assert torch.equal(got.isnan(), expected.isnan()), (got, expected)
+        assert torch.equal(got.nan_to_num(), expected.detach().nan_to_num()), (got, expected)
+    else:
+        torch.testing.assert_close(got, expected.detach(), equal_nan=True)
+
+
+def code_of(call: Any) -> tuple[Any, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    error: Any = info.value
+    return error.code(), error.details()
+
+
+def _scalar_params(case: Case) -> bool:
+    return all(isinstance(v, bool | int | float | str) for v in case.params.values())
+
+
+PARITY = [
+    pytest.param(spec.name, case, reduction, raw, id=f"{spec.name}-{case.id}-{reduction}-{'raw' if raw else 'typed'}")
+    for spec in REGISTRY
+    for case in CASES[spec.name]
+    if _scalar_params(case)  # InferParameter holds a bool, number or string: not linear_cross_entropy's options
+    for reduction in spec.reductions
+    for raw in (True, False)
+]
+
+
+@pytest.mark.parametrize(("name", "case", "reduction", "raw"), PARITY)
+def test_every_loss_matches_torch(server: Server, name: str, case: Case, reduction: str, raw: bool) -> None:
+    """Every loss, case and reduction, in float32, with the gradient of every differentiable input."""
+    if FUNCTIONAL.get(name, reference) is None:
+        pytest.skip(f"this torch ({torch.__version__}) has no {name}")
+    spec = REGISTRY.get(name)
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in case.tensors.items()}
+    params = {**case.params, "reduction": reduction}
+    leaves = {
+        k: v.clone().requires_grad_(True)
+        for k, v in tensors.items()
+        if k in spec.differentiable and v.is_floating_point()
+    }
+    grads = [f"grad_{k}" for k in leaves]
+    message = request(name, tensors, raw=raw, outputs=["loss", *grads], request_id=case.id, **params)
+    refusal = None
+    try:
+        expected = reference(name, tensors | leaves, params)
+    except (RuntimeError, NotImplementedError) as exc:  # torch refuses these inputs: so does lossd
+        refusal = str(exc).splitlines()[0]
+    if refusal is not None:
+        code, detail = code_of(lambda: server.stub.ModelInfer(message, timeout=30))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert refusal in detail
+        return
+    wanted = torch.autograd.grad(expected, list(leaves.values()), torch.ones_like(expected), allow_unused=True)
+    response = server.stub.ModelInfer(message, timeout=30)
+    assert (response.model_name, response.model_version, response.id) == (name, "1", case.id)
+    got = outputs(response)
+    assert list(got) == ["loss", *grads]
+    if name in ("focal", "sigmoid_focal"):  # the reference is the published formula, not lossd's code
+        torch.testing.assert_close(got["loss"], expected.detach())
+        return
+    same(got["loss"], expected)
+    for grad, leaf, want in zip(grads, leaves.values(), wanted, strict=True):
+        same(got[grad], torch.zeros_like(leaf) if want is None else want)
+
+
+def test_parameters_of_every_type(server: Server) -> None:
+    """int64, double, bool and string parameters reach the loss as its own parameters."""
+    x, t = randn(6, 4, seed=1).float(), randint(4, 6, seed=2)
+    t[0] = 3
+    message = request("cross_entropy", {"input": x, "target": t}, ignore_index=3, label_smoothing=0.25)
+    same(outputs(server.stub.ModelInfer(message))["loss"], F.cross_entropy(x, t, ignore_index=3, label_smoothing=0.25))
+    a, b = randn(5, seed=3).float(), randn(5, seed=4).float()
+    message = request("huber", {"input": a, "target": b}, delta=0.5, reduction="sum")
+    same(outputs(server.stub.ModelInfer(message))["loss"], F.huber_loss(a, b, delta=0.5, reduction="sum"))
+    lam = randn(5, seed=5).float()
+    message = request("poisson_nll", {"input": lam, "target": b.abs()}, log_input=False, full=True)
+    expected = F.poisson_nll_loss(lam, b.abs(), log_input=False, full=True)
+    same(outputs(server.stub.ModelInfer(message))["loss"], expected)
+    message.parameters["full"].CopyFrom(pb.InferParameter(uint64_param=1))  # not a bool: refused, as in JSON
+    code, detail = code_of(lambda: server.stub.ModelInfer(message))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "full" in detail
+
+
+def test_metadata_and_readiness_match_http(server: Server) -> None:
+    stub = server.stub
+    assert stub.ServerLive(pb.ServerLiveRequest()).live
+    assert stub.ServerReady(pb.ServerReadyRequest()).ready
+    http = httpx.get(f"{server.url}/v2").json()
+    meta = stub.ServerMetadata(pb.ServerMetadataRequest())
+    assert (meta.name, meta.version, list(meta.extensions)) == (http["name"], http["version"], http["extensions"])
+    for name in ("ctc", "cross_entropy", "CrossEntropyLoss"):
+        http = httpx.get(f"{server.url}/v2/models/{name}").json()
+        meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=name))
+        assert (meta.name, list(meta.versions), meta.platform) == (http["name"], http["versions"], http["platform"])
+        for side in ("inputs", "outputs"):
+            got = [(t.name, t.datatype, list(t.shape)) for t in getattr(meta, side)]
+            assert got == [(t["name"], t["datatype"], t["shape"]) for t in http[side]]
+        assert stub.ModelReady(pb.ModelReadyRequest(name=name, version="1")).ready
+    for call in (
+        lambda: stub.ModelReady(pb.ModelReadyRequest(name="no_such_loss")),
+        lambda: stub.ModelMetadata(pb.ModelMetadataRequest(name="mse", version="2")),
+    ):
+        assert code_of(call)[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_errors_have_the_http_wording(server: Server) -> None:
+    """A bad class index, an unknown model, a raw blob that disagrees with its shape, inputs given twice: each
+    has its status code and the very message HTTP gives, and the next call works."""
+    x, t = randn(2, 3, seed=1).float(), torch.tensor([0, 7])
+    body = {"input": x.tolist(), "target": t.tolist()}
+    http = httpx.post(f"{server.url}/v1/losses/cross_entropy", json=body).json()
+    code, detail = code_of(lambda: server.stub.ModelInfer(request("cross_entropy", {"input": x, "target": t})))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail == http["detail"]
+
+    http = httpx.post(f"{server.url}/v1/losses/mse_loss2", json={}).json()
+    code, detail = code_of(lambda: server.stub.ModelInfer(pb.ModelInferRequest(model_name="mse_loss2")))
+    assert (code, detail) == (grpc.StatusCode.NOT_FOUND, http["detail"])
+
+    short = request("mse", {"input": randn(4, seed=2).float(), "target": randn(4, seed=3).float()})
+    short.raw_input_contents[1] = short.raw_input_contents[1][:-4]
+    code, detail = code_of(lambda: server.stub.ModelInfer(short))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail == "target.raw_input_contents: shape [4] of float32 needs 16 bytes, got 12"
+
+    fewer = request("mse", {"input": randn(4, seed=2).float(), "target": randn(4, seed=3).float()})
+    del fewer.raw_input_contents[1]
+    assert code_of(lambda: server.stub.ModelInfer(fewer))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+    twice = request("mse", {"input": randn(4, seed=2).float()}, raw=False)
+    twice.inputs.append(twice.inputs[0])
+    code, detail = code_of(lambda: server.stub.ModelInfer(twice))
+    assert (code, detail) == (grpc.StatusCode.INVALID_ARGUMENT, "input 'input' is given twice")
+
+    half = request("mse", {"input": randn(4, seed=2).float(), "target": randn(4, seed=3).float()}, raw=False)
+    half.inputs[0].datatype = "FP16"
+    code, detail = code_of(lambda: server.stub.ModelInfer(half))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw_input_contents" in detail
+    _still_works(server)
+
+
+def _still_works(server: Server) -> None:
+    x, y = randn(3, seed=7).float(), randn(3, seed=8).float()
+    same(outputs(server.stub.ModelInfer(request("l1", {"input": x, "target": y})))["loss"], F.l1_loss(x, y))
+
+
+def test_message_over_the_limit(server: Server) -> None:
+    """gRPC's own limit is LOSSD_GRPC_MAX_MESSAGE_BYTES, not its 4 MiB default: 12 MiB pass, more than the limit
+    is RESOURCE_EXHAUSTED."""
+    n = 3 * 2**19  # 6 MiB per float32 input
+    x = torch.ones(n)
+    same(
+        outputs(server.stub.ModelInfer(request("l1", {"input": x, "target": x}), timeout=60))["loss"], torch.tensor(0.0)
+    )
+    big = torch.zeros(LIMIT // 4 + 1)
+    code, _ = code_of(lambda: server.stub.ModelInfer(request("l1", {"input": big, "target": big}), timeout=60))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    _still_works(server)
+
+
+def test_a_deadline_of_one_millisecond(server: Server) -> None:
+    x, t = randn(4096, 512, seed=1).float(), randint(512, 4096, seed=2)
+    message = request("cross_entropy", {"input": x, "target": t}, outputs=["loss", "grad_input"])
+    code, _ = code_of(lambda: server.stub.ModelInfer(message, timeout=0.001))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    _still_works(server)
+
+
+def test_request_ids_come_back(server: Server) -> None:
+    x = randn(3, seed=1).float()
+    message = request("l1", {"input": x, "target": x})
+    _, call = server.stub.ModelInfer.with_call(message, metadata=[("x-request-id", "client-id-1")])
+    assert ("x-request-id", "client-id-1") in [(m.key, m.value) for m in call.trailing_metadata()]
+    with pytest.raises(grpc.RpcError) as info:
+        server.stub.ModelInfer(pb.ModelInferRequest(model_name="nope"), metadata=[("x-request-id", "client-id-2")])
+    error: Any = info.value
+    assert ("x-request-id", "client-id-2") in [(m.key, m.value) for m in error.trailing_metadata()]
+
+
+def test_stream_answers_in_order(server: Server) -> None:
+    x, y = randn(5, seed=1).float(), randn(5, seed=2).float()
+    logits, bad = randn(2, 3, seed=3).float(), torch.tensor([0, 9])
+    messages = [
+        request("mse", {"input": x, "target": y}, request_id="a"),
+        request("cross_entropy", {"input": logits, "target": bad}, request_id="b"),
+        request("l1", {"input": x, "target": y}, raw=False, request_id="c", reduction="sum"),
+        pb.ModelInferRequest(model_name="unknown_loss", id="d"),
+    ]
+    answers = list(server.stub.ModelStreamInfer(iter(messages), timeout=30))
+    assert [a.infer_response.id for a in answers] == ["a", "b", "c", "d"]
+    same(outputs(answers[0].infer_response)["loss"], F.mse_loss(x, y))
+    assert "class index 9" in answers[1].error_message
+    same(outputs(answers[2].infer_response)["loss"], F.l1_loss(x, y, reduction="sum"))
+    assert "unknown_loss" in answers[3].error_message
+    assert answers[0].error_message == answers[2].error_message == ""
+
+
+def test_stream_feeds_a_session(server: Server) -> None:
+    """A stream of batches into a session (`sequence_id`), each request's id its batch id: the dataset values over
+    HTTP equal torch on the concatenation; a batch sent again (over either protocol) counts once; the same id with
+    other content is refused and the stream goes on."""
+    definitions = [{"name": "mse", "tensors": {"target": "scores"}}, {"name": "cross_entropy", "label_smoothing": 0.1}]
+    created = httpx.post(f"{server.url}/v1/sessions", json={"losses": definitions})
+    assert created.status_code == 201, created.text
+    session = created.json()["id"]
+    parts = [(randn(n, 4, seed=n).float(), randint(4, n, seed=n + 1)) for n in (3, 5, 2)]
+
+    def tensors(i: int) -> dict[str, Tensor]:
+        logits, labels = parts[i]
+        return {"input": logits, "target": labels, "scores": logits.sin(), "groups": labels % 2}
+
+    def batch(i: int, batch_id: str) -> Any:
+        return request("cross_entropy", tensors(i), request_id=batch_id, sequence_id=session)
+
+    messages = [batch(0, "b0"), batch(1, "b1"), batch(0, "b0"), batch(1, "b0"), batch(2, "b2")]
+    answers = list(server.stub.ModelStreamInfer(iter(messages), timeout=30))
+    assert [a.infer_response.id for a in answers] == ["b0", "b1", "b0", "b0", "b2"]
+    assert [a.error_message for a in answers[:3]] == ["", "", ""]
+    assert "b0" in answers[3].error_message
+    assert answers[4].error_message == ""
+    duplicate = [a.infer_response.parameters["duplicate"].bool_param for a in answers if not a.error_message]
+    assert duplicate == [False, False, True, False]
+    for i, answer in zip((0, 1, 2), (answers[0], answers[1], answers[4]), strict=True):
+        logits, labels = parts[i]
+        got = outputs(answer.infer_response)
+        expected = [F.mse_loss(logits, logits.sin()), F.cross_entropy(logits, labels, label_smoothing=0.1)]
+        same(got["loss"], torch.stack(expected).double())
+        assert got["stats"].shape == (2, 3)
+        assert got["stats"][:, 2].tolist() == [logits.numel(), len(labels)]  # terms counted, per loss
+
+    again = httpx.post(  # the same batch over HTTP: a duplicate, whatever the protocol
+        f"{server.url}/v1/sessions/{session}/batches",
+        json={"batch_id": "b1", "tensors": {k: v.tolist() for k, v in tensors(1).items() if k != "groups"}}
+        | {"groups": tensors(1)["groups"].tolist()},
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["duplicate"] is True
+
+    view = httpx.get(f"{server.url}/v1/sessions/{session}").json()
+    assert view["batches"] == 3
+    logits = torch.cat([p[0] for p in parts]).double()
+    labels = torch.cat([p[1] for p in parts])
+    mse, ce = view["results"]
+    dataset = [F.mse_loss(logits, logits.sin()), F.cross_entropy(logits, labels, label_smoothing=0.1)]
+    for result, expected in zip((mse, ce), dataset, strict=True):
+        torch.testing.assert_close(torch.tensor(result["loss"], dtype=torch.float64), expected, rtol=1e-6, atol=0)
+    assert sorted(ce["groups"]) == ["0", "1"]
+
+    unknown = request("mse", {"input": logits.float()}, request_id="x", sequence_id="no-such-session")
+    (answer,) = server.stub.ModelStreamInfer(iter([unknown]), timeout=30)
+    assert "no session 'no-such-session'" in answer.error_message
+
+
+def test_health_and_reflection(server: Server) -> None:
+    health = health_pb2_grpc.HealthStub(server.channel)
+    for service in ("", "inference.GRPCInferenceService"):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    code, _ = code_of(lambda: health.Check(health_pb2.HealthCheckRequest(service="no.Such")))
+    assert code == grpc.StatusCode.NOT_FOUND
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+
+    services = set(ProtoReflectionDescriptorDatabase(server.channel).get_services())
+    assert {
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
+    database = ProtoReflectionDescriptorDatabase(server.channel)
+    service = database.FindFileContainingSymbol("inference.GRPCInferenceService").service[0]
+    assert "ModelStreamInfer" in [method.name for method in service.method]
+
+
+def test_metrics_count_grpc_calls(server: Server) -> None:
+    x = randn(3, seed=1).float()
+    server.stub.ModelInfer(request("smooth_l1", {"input": x, "target": x}))
+    code_of(lambda: server.stub.ModelInfer(pb.ModelInferRequest(model_name="smooth_l1")))
+    text = httpx.get(f"{server.url}/metrics").text
+    route = 'route="/inference.GRPCInferenceService/ModelInfer"'
+    assert any(route in line and 'loss="smooth_l1"' in line and 'status="OK"' in line for line in text.splitlines())
+    assert any(route in line and 'status="INVALID_ARGUMENT"' in line for line in text.splitlines())
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    """A server with API keys, logging each request at info (its stderr in a file)."""
+    log = tmp_path_factory.mktemp("grpc") / "stderr.log"
+    port, http_port = free_port(), free_port()
+    env = os.environ | {
+        "LOSSD_HOST": "127.0.0.1",
+        "LOSSD_PORT": str(http_port),
+        "LOSSD_GRPC_PORT": str(port),
+        "LOSSD_DEVICE": wire.DEVICE,
+        "LOSSD_LOG_LEVEL": "info",
+        "LOSSD_API_KEYS": "key-one,key-two",
+        "LOSSD_DRAIN_TIMEOUT_S": "20",
+    }
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stderr=sink, stdout=sink)
+    s = Server.__new__(Server)
+    s.port, s.proc, s.url, s.address = port, proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{port}"
+    s.channel = grpc.insecure_channel(s.address, options=UNLIMITED)
+    s.stub = pb_grpc.GRPCInferenceServiceStub(s.channel)
+    health = health_pb2_grpc.HealthStub(s.channel)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                == health_pb2.HealthCheckResponse.SERVING
+            ):
+                break
+        except grpc.RpcError:
+            assert proc.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    try:
+        yield s, log
+    finally:
+        s.close()
+
+
+KEY = [("authorization", "Bearer key-two")]
+
+
+def test_api_keys_and_the_access_log(keyed: tuple[Server, Path]) -> None:
+    server, log = keyed
+    x = randn(3, seed=1).float()
+    message = request("l1", {"input": x, "target": x * 2})
+    code, detail = code_of(lambda: server.stub.ModelInfer(message))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert "Bearer" in detail
+    code, _ = code_of(lambda: server.stub.ModelInfer(message, metadata=[("authorization", "Bearer wrong")]))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    code, _ = code_of(lambda: list(server.stub.ModelStreamInfer(iter([message]))))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    code, _ = code_of(lambda: server.stub.ServerMetadata(pb.ServerMetadataRequest()))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    code, _ = code_of(lambda: list(ProtoReflectionDescriptorDatabase(server.channel).get_services()))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+    same(
+        outputs(server.stub.ModelInfer(message, metadata=[*KEY, ("x-request-id", "logged-1")]))["loss"],
+        F.l1_loss(x, x * 2),
+    )
+    (answer,) = server.stub.ModelStreamInfer(iter([message]), metadata=KEY)
+    same(outputs(answer.infer_response)["loss"], F.l1_loss(x, x * 2))
+    health = health_pb2_grpc.HealthStub(server.channel)  # public: probes send no key
+    assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+
+    deadline = time.monotonic() + 5
+    while '"request_id":"logged-1"' not in log.read_text():  # the access log is written in batches
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    line = next(line for line in log.read_text().splitlines() if '"request_id":"logged-1"' in line)
+    assert '"route":"/inference.GRPCInferenceService/ModelInfer"' in line
+    assert '"status":"OK"' in line
+    assert '"loss":"l1"' in line
+
+
+def test_sigterm_drains_grpc(keyed: tuple[Server, Path]) -> None:
+    """SIGTERM: a call in flight finishes, new calls are refused, not ready, and the process exits 0. (Runs last
+    of the keyed server's tests: it stops that server.)"""
+    server, _ = keyed
+    x, t = randn(8192, 1000, seed=1).float(), randint(1000, 8192, seed=2)
+    slow = request("cross_entropy", {"input": x, "target": t}, outputs=["loss", "grad_input"])
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            result["answer"] = server.stub.ModelInfer(slow, metadata=KEY, timeout=60)
+        except grpc.RpcError as exc:
+            result["error"] = exc
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.3)  # the call is being computed
+    server.proc.send_signal(signal.SIGTERM)
+    caller.join(60)
+    assert "answer" in result, result
+    leaf = x.clone().requires_grad_(True)
+    expected = F.cross_entropy(leaf, t)
+    (grad,) = torch.autograd.grad(expected, [leaf])
+    got = outputs(result["answer"])
+    same(got["loss"], expected)
+    same(got["grad_input"], grad)
+    try:
+        server.stub.ModelInfer(request("l1", {"input": x[0], "target": x[0]}), metadata=KEY, timeout=5)
+        refused = None
+    except grpc.RpcError as exc:
+        refused = exc.code()
+    assert refused == grpc.StatusCode.UNAVAILABLE
+    assert server.proc.wait(timeout=30) == 0
