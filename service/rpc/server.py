@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
+import anyio.to_thread
 import grpc
 import torch
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -30,10 +32,9 @@ from service.api.edge import RequestIds, valid_key
 from service.api.errors import grpc_code
 from service.compute import LossResult, RawTensor
 from service.dataplane import Batch, DataPlane, Job
-from service.errors import InvalidRequest, LossdError, NotFound, Unauthorized
+from service.errors import InvalidRequest, LossdError, MalformedBody, NotFound, Unauthorized
 from service.losses.registry import LossSpec
 from service.rpc import grpc_service_pb2 as pb
-from service.rpc import grpc_service_pb2_grpc as pb_grpc
 from service.sessions.store import feed
 
 log = logging.getLogger("lossd")
@@ -94,23 +95,27 @@ def _distinct(raw: dict[str, RawTensor], name: str, i: int) -> None:
         raise InvalidRequest(f"input {name!r} is given twice", loc=("inputs", i))
 
 
-def _output(response: Any, name: str, t: torch.Tensor) -> None:
+def _output(response: Any, name: str, t: torch.Tensor, info: dict[str, Any]) -> None:
     """Add `t` to `response` as Triton does: its metadata in `outputs`, its bytes in `raw_output_contents`."""
     response.outputs.add(name=name, datatype=codec.V2_NAMES[t.dtype], shape=list(t.shape))
-    response.raw_output_contents.append(bytes(codec.tensor_bytes(t)))
+    blob = bytes(codec.tensor_bytes(t))
+    response.raw_output_contents.append(blob)
+    info["bytes_out"] += len(blob)
 
 
-def _infer_response(spec: LossSpec, request_id: str, outputs: list[str], result: LossResult) -> Any:
+def _infer_response(
+    spec: LossSpec, request_id: str, outputs: list[str], info: dict[str, Any], result: LossResult
+) -> Any:
     tensors = {"loss": result.loss} | {f"grad_{name}": grad for name, grad in result.grads.items()}
     response = pb.ModelInferResponse(model_name=spec.name, model_version=oip.VERSION, id=request_id)
     if result.warnings:
         response.parameters["warnings"].string_param = " ".join(result.warnings)
     for name in outputs:
-        _output(response, name, tensors[name])
+        _output(response, name, tensors[name], info)
     return response
 
 
-def _batch_response(request: Any, session_id: str, batch: Batch, applied: bool) -> Any:
+def _batch_response(request: Any, session_id: str, batch: Batch, applied: bool, info: dict[str, Any]) -> Any:
     """A session batch's answer: `loss` (float64, one per loss of the session, in its order) and `stats` (its
     sum, weight and count per loss), as the HTTP route's `results` give them, and whether it was a duplicate."""
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=oip.VERSION, id=batch.batch_id)
@@ -119,14 +124,17 @@ def _batch_response(request: Any, session_id: str, batch: Batch, applied: bool) 
     warnings = [w for ws in batch.warnings for w in ws]
     if warnings:
         response.parameters["warnings"].string_param = " ".join(warnings)
-    _output(response, "loss", torch.tensor(batch.losses, dtype=torch.float64))
+    _output(response, "loss", torch.tensor(batch.losses, dtype=torch.float64), info)
     stats = [[s.total.sum, s.total.weight, float(s.total.count)] for s in batch.stats]
-    _output(response, "stats", torch.tensor(stats, dtype=torch.float64).reshape(-1, 3))
+    _output(response, "stats", torch.tensor(stats, dtype=torch.float64).reshape(-1, 3), info)
     return response
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    """`inference.GRPCInferenceService` over one app's state (its data plane, limits, metrics and sessions)."""
+class InferenceService:
+    """`inference.GRPCInferenceService` over one app's state (its data plane, limits, metrics and sessions).
+
+    `ModelInferRequest`s arrive as the bytes of the message (see `_add_to`): their size is known without
+    serializing them again, and a large one is parsed in a worker thread, not on the event loop."""
 
     def __init__(self, state: AppState):
         self.state = state
@@ -163,20 +171,25 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._call(context, "ModelMetadata", metadata)
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
-        return await self._call(context, "ModelInfer", partial(self._infer, request, context))
+    async def ModelInfer(self, data: bytes, context: Any) -> Any:
+        async def infer(info: dict[str, Any]) -> Any:
+            return await self._infer(await self._parse(data, info), context, info)
 
-    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        return await self._call(context, "ModelInfer", infer)
+
+    async def ModelStreamInfer(self, messages: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
         """Each request answered in order; an error answers that request (`error_message`) and the stream goes
         on. A request with a `sequence_id` parameter feeds that session, its `id` as the batch id."""
         stream_id = self._request_id(context)
         context.set_trailing_metadata((("x-request-id", stream_id),))
         n = 0
-        async for request in requests:
+        async for data in messages:
             n += 1
             info = self._info(f"{stream_id}:{n}")
             start = time.perf_counter()
+            request = pb.ModelInferRequest()
             try:
+                request = await self._parse(data, info)
                 if "sequence_id" in request.parameters:
                     response = await self._batch(request, context, info)
                 else:
@@ -196,7 +209,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 info["status"] = _cancelled(context)
                 self._record(STREAM, info, time.perf_counter() - start)
                 raise
-            info["bytes_out"] = answer.ByteSize()
             self._record(STREAM, info, time.perf_counter() - start)
             yield answer
 
@@ -210,7 +222,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         def read() -> Job[Any]:
             raw = _inputs(plane, request, partial(oip.check_input, spec))
             job = oip.plan(plane, spec, parameters, raw, outputs, "binary")
-            return job.then(partial(_infer_response, spec, request.id, outputs))
+            return job.then(partial(_infer_response, spec, request.id, outputs, info))
 
         weight = 2 if any(name.startswith("grad_") for name in outputs) else 1
         return await self._schedule(read, request, context, info, weight)
@@ -234,15 +246,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             return await self._schedule(read, request, context, info)
 
         _, batch, applied = await feed(self.state.sessions, session_id, compute)
-        return _batch_response(request, session_id, batch, applied)
+        return _batch_response(request, session_id, batch, applied, info)
 
     async def _schedule(
         self, read: Callable[[], Job[T]], request: Any, context: Any, info: dict[str, Any], weight: int = 1
     ) -> T:
         """Hold the message's bytes against the in-flight bound, then read and compute it as HTTP bodies are,
         within the client's deadline."""
-        size = request.ByteSize()
-        info["bytes_in"] = size
+        size = info["bytes_in"]
         share = self.state.inflight.share()
         try:
             refusal = share.admit(size)
@@ -260,7 +271,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             result = await work(info)
             info["status"] = "OK"
-            info["bytes_out"] = result.ByteSize()
             context.set_trailing_metadata(tuple(trailers))
             return result
         except LossdError as exc:
@@ -281,6 +291,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             self._record(f"/{SERVICE}/{method}", info, time.perf_counter() - start)
         raise AssertionError("unreachable: abort raises")
+
+    async def _parse(self, data: bytes, info: dict[str, Any]) -> Any:
+        """A `ModelInferRequest` from its bytes: right here when small, else in a worker thread."""
+        info["bytes_in"] = len(data)
+        if len(data) < self.state.settings.inline_max_bytes:
+            return _parse_request(data)
+        return await anyio.to_thread.run_sync(_parse_request, data, limiter=self.state.threads)
 
     def _request_id(self, context: Any) -> str:
         for key, value in context.invocation_metadata() or ():
@@ -310,6 +327,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                     "bytes_out": info["bytes_out"],
                 }
             )
+
+
+def _parse_request(data: bytes) -> Any:
+    try:
+        return pb.ModelInferRequest.FromString(data)
+    except DecodeError:
+        raise MalformedBody("the message is not a ModelInferRequest") from None
 
 
 def _stream_error(request: Any, message: str) -> Any:
@@ -398,19 +422,36 @@ def _refusing(handler: Any) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover  (abort raises)
 
-    kinds = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
     kind = (handler.request_streaming, handler.response_streaming)
-    make = kinds[kind]
-    return make(
+    return HANDLERS[kind](
         deny_stream if kind[1] else deny,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+HANDLERS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+"""The handler of each kind of method, by (request streaming, response streaming)."""
+
+
+def _add_to(server: grpc.aio.Server, servicer: InferenceService) -> None:
+    """Register every method of the service, from the proto's descriptor: `ModelInferRequest`s reach the servicer
+    as bytes, every other message as the generated class reads it."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request, response = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        handlers[method.name] = HANDLERS[method.client_streaming, method.server_streaming](
+            getattr(servicer, method.name),
+            request_deserializer=None if request is pb.ModelInferRequest else request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
 
 
 def options(state: AppState) -> list[tuple[str, Any]]:
@@ -421,6 +462,10 @@ def options(state: AppState) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", settings.grpc_message_limit),
         ("grpc.max_send_message_length", -1),  # the response is bounded by LOSSD_MAX_RESPONSE_BYTES before compute
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+        # a large message in few, large frames, with a flow-control window that lets it come at once: 8 MB arrive
+        # in half the time of gRPC's 16 KiB frames and window probing (bench/NOTES.md)
+        ("grpc.http2.max_frame_size", 2**24 - 1),
+        ("grpc.http2.lookahead_bytes", settings.grpc_message_limit),
     ]
 
 
@@ -433,7 +478,7 @@ async def start(state: AppState) -> grpc.aio.Server:
         options=options(state),
         maximum_concurrent_rpcs=settings.max_connections,
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(state), server)  # type: ignore[no-untyped-call]
+    _add_to(server, InferenceService(state))
     health_pb2_grpc.add_HealthServicer_to_server(HealthService(state), server)
     reflection.enable_server_reflection([SERVICE, HEALTH, reflection.SERVICE_NAME], server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
