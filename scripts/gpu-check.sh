@@ -18,10 +18,11 @@ fi
 "$PY" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print("torch", torch.__version__, "on", torch.cuda.get_device_name())' || exit 1
 status=0
 # without a registry, the machine may lack the clients some suites use (tritonclient, schemathesis, node,
-# chromium, a JDK):
+# chromium, a JDK, redis-server):
 # those suites skip themselves or are left out; everything that computes a loss runs on CUDA
 extra=()
-"$PY" -c "import tritonclient" 2>/dev/null || extra+=(--ignore=tests/e2e/test_tritonclient.py)
+"$PY" -c "import tritonclient" 2>/dev/null || extra+=(--ignore=tests/e2e/test_tritonclient.py --ignore=tests/e2e/test_tritonclient_grpc.py)
+command -v redis-server >/dev/null || extra+=(--ignore=tests/e2e/test_sessions_redis.py)
 "$PY" -c "import schemathesis" 2>/dev/null || extra+=(--ignore=tests/contract/test_schemathesis.py)
 command -v chromium >/dev/null || extra+=(--ignore=tests/e2e/test_browser.py)
 command -v java >/dev/null && command -v curl >/dev/null || extra+=(--ignore=tests/e2e/test_http_clients.py)
