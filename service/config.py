@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     """Largest gRPC request message accepted (RESOURCE_EXHAUSTED beyond). Unset: `max_body_bytes`, rather than
     gRPC's own default of 4 MiB."""
 
+    grpc_max_concurrent_rpcs: int = Field(32, ge=1)
+    """gRPC calls (a stream counts as one) served at once per worker; more are refused with RESOURCE_EXHAUSTED.
+    gRPC receives each message whole before lossd sees it, so this times `grpc_max_message_bytes` bounds the memory
+    gRPC requests can hold."""
+
     device: str = "auto"
     """Where losses run: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
 

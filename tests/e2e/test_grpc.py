@@ -522,3 +522,63 @@ def test_sigterm_drains_grpc(keyed: tuple[Server, Path]) -> None:
         refused = exc.code()
     assert refused == grpc.StatusCode.UNAVAILABLE
     assert server.proc.wait(timeout=30) == 0
+
+
+def test_limits_are_resource_exhausted() -> None:
+    """The compute queue and the calls served at once: each a RESOURCE_EXHAUSTED (the queue's with `retry-after`),
+    and the next call works."""
+    server = Server(
+        LOSSD_MAX_CONCURRENCY="1",
+        LOSSD_MAX_QUEUE="1",
+        LOSSD_INLINE_MAX_ELEMENTS="0",
+        LOSSD_GRPC_MAX_CONCURRENT_RPCS="4",
+    )
+    try:
+        x, t = randn(4096, 512, seed=1).float(), randint(512, 4096, seed=2)
+        slow = request("cross_entropy", {"input": x, "target": t}, outputs=["loss", "grad_input"])
+        errors: list[Any] = []
+
+        def call() -> None:
+            try:
+                server.stub.ModelInfer(slow, timeout=60)
+            except grpc.RpcError as exc:
+                errors.append(exc)
+
+        callers = [threading.Thread(target=call) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(60)
+        # one computing and one waiting (a gradient request counts twice: the first alone fills the queue's 2)
+        assert errors, "the queue admitted every call"
+        for error in errors:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert ("retry-after", "1") in [(m.key, m.value) for m in error.trailing_metadata()]
+        _still_works(server)
+
+        tiny = request("l1", {"input": x[0, :3], "target": x[0, :3]})
+        held = [threading.Event() for _ in range(4)]  # four streams, open until their gates open: four calls
+        gates = [threading.Event() for _ in range(4)]
+
+        def open_stream(gate: threading.Event, ready: threading.Event) -> None:
+            def messages() -> Iterator[Any]:
+                yield tiny
+                gate.wait(30)
+
+            for _ in server.stub.ModelStreamInfer(messages(), timeout=30):
+                ready.set()
+
+        openers = [threading.Thread(target=open_stream, args=(g, r)) for g, r in zip(gates, held, strict=True)]
+        for opener in openers:
+            opener.start()
+        for ready in held:
+            assert ready.wait(30)
+        code, _ = code_of(lambda: server.stub.ModelInfer(tiny, timeout=10))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for gate in gates:
+            gate.set()
+        for opener in openers:
+            opener.join(30)
+        _still_works(server)
+    finally:
+        server.close()
