@@ -65,12 +65,12 @@ proto: install-dev
 docs: install
 	$(PY) -m service.docs
 
-## bench: lossd (its defaults, plus a "log off" row) against its peers, and sessions against /v1/evaluate (about 17 minutes): results, targets and gc pauses in bench/RESULTS.md, profiles in bench/
+## bench: lossd (its defaults, plus a "log off" row) against its peers, and sessions against /v1/evaluate, gRPC against HTTP (about 20 minutes): results, targets and gc pauses in bench/RESULTS.md, profiles in bench/
 bench: install-bench
 	$(PY) bench/run.py
 	$(PY) bench/profile.py
 
-## bench-quick: N=1 and N=1,000 only, with the targets and sessions (about 7 minutes), written to bench/RESULTS-quick.md
+## bench-quick: N=1 and N=1,000 only, with the targets, sessions and gRPC (about 8 minutes), written to bench/RESULTS-quick.md
 bench-quick: install-bench
 	$(PY) bench/run.py --quick --out bench/RESULTS-quick.md
 

@@ -23,7 +23,7 @@ to core 1 like wrk, every answer checked). Every other lossd server runs with LO
 targets" compare them with lossd's HTTP rows, in the targets' alternating rounds.
 
     python bench/run.py            # everything (about 10 minutes on 2 cores)
-    python bench/run.py --quick    # N=1 and N=1,000 only (about 4 minutes)
+    python bench/run.py --quick    # N=1 and N=1,000 only (about 8 minutes)
     python bench/run.py --seconds 2 --rounds 1 --out /tmp/smoke.md \\
         --only 'gRPC|^mse N=1 JSON nested c=8 / lossd$|^mse N=1,000,000 v2 binary c=2 / lossd$'
                                    # a smoke run: the gRPC rows and targets only, 2 s each, one round
