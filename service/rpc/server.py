@@ -225,10 +225,12 @@ class InferenceService:
             return job.then(partial(_infer_response, spec, request.id, outputs, info))
 
         weight = 2 if any(name.startswith("grad_") for name in outputs) else 1
-        return await self._schedule(read, request, context, info, weight)
+        return await self._schedule(read, context, info, weight)
 
     async def _batch(self, request: Any, context: Any, info: dict[str, Any]) -> Any:
         session_id = str(_param(request.parameters["sequence_id"]))
+        if not request.id:
+            raise InvalidRequest("a request with a sequence_id is a batch of that session: set its id, the batch id")
         plane = self.plane
 
         async def compute(losses: list[dict[str, Any]]) -> Batch:
@@ -243,14 +245,12 @@ class InferenceService:
             def read() -> Job[Batch]:
                 return plane.decoded_batch(losses, request.id, _inputs(plane, request, _distinct))
 
-            return await self._schedule(read, request, context, info)
+            return await self._schedule(read, context, info)
 
         _, batch, applied = await feed(self.state.sessions, session_id, compute)
         return _batch_response(request, session_id, batch, applied, info)
 
-    async def _schedule(
-        self, read: Callable[[], Job[T]], request: Any, context: Any, info: dict[str, Any], weight: int = 1
-    ) -> T:
+    async def _schedule(self, read: Callable[[], Job[T]], context: Any, info: dict[str, Any], weight: int = 1) -> T:
         """Hold the message's bytes against the in-flight bound, then read and compute it as HTTP bodies are,
         within the client's deadline."""
         size = info["bytes_in"]

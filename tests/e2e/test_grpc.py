@@ -376,8 +376,10 @@ def test_stream_feeds_a_session(server: Server) -> None:
     assert sorted(ce["groups"]) == ["0", "1"]
 
     unknown = request("mse", {"input": logits.float()}, request_id="x", sequence_id="no-such-session")
-    (answer,) = server.stub.ModelStreamInfer(iter([unknown]), timeout=30)
-    assert "no session 'no-such-session'" in answer.error_message
+    anonymous = batch(2, "")
+    answers = list(server.stub.ModelStreamInfer(iter([unknown, anonymous]), timeout=30))
+    assert "no session 'no-such-session'" in answers[0].error_message
+    assert "batch id" in answers[1].error_message
 
 
 def test_health_and_reflection(server: Server) -> None:
