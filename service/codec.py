@@ -688,7 +688,7 @@ def decode_v2(
 
 V2_CONTENTS: dict[str, tuple[str, type[np.generic]]] = {
     "BOOL": ("bool_contents", np.bool_),
-    "UINT8": ("uint_contents", np.uint32),
+    "UINT8": ("uint_contents", np.int64),  # uint32 values, read as int64: torch compares no uint32 tensors
     "INT8": ("int_contents", np.int32),
     "INT16": ("int_contents", np.int32),
     "INT32": ("int_contents", np.int32),

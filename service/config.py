@@ -29,8 +29,8 @@ class Settings(BaseSettings):
 
     grpc_max_concurrent_rpcs: int = Field(32, ge=1)
     """gRPC calls (a stream counts as one) served at once per worker; more are refused with RESOURCE_EXHAUSTED.
-    gRPC receives each message whole before lossd sees it, so this times `grpc_max_message_bytes` bounds the memory
-    gRPC requests can hold."""
+    Health checks are apart (16 more). gRPC receives each message whole before lossd sees it, so this (plus the
+    16) times `grpc_max_message_bytes` bounds the memory gRPC requests can hold."""
 
     device: str = "auto"
     """Where losses run: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     """Requests that may wait for a compute slot (a gradient request counts twice); beyond, 503 at once."""
 
     request_timeout_s: float = Field(60.0, gt=0)
-    """Longest a request may wait and compute before a 504 (its slot is freed then)."""
+    """Longest a request may wait and compute before a 504. A computation in a worker process is killed then; one
+    in a thread finishes in the background, keeping its place in the queue count until it ends."""
 
     max_tensor_elements: int = Field(1 << 26, ge=1)
     """Elements in any one tensor, broadcast result or gradient (413 beyond)."""

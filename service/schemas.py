@@ -239,14 +239,18 @@ class BatchResponse(BaseModel):
 def invalid_request(exc: ValidationError) -> InvalidRequest:
     """A pydantic validation failure as a domain error, one detail per failing field."""
     found = [(_field_loc(e["loc"]), _message(e)) for e in exc.errors(include_url=False)]
-    # A union (return_grad: bool | list) fails once per member; keep the deepest, most specific failure.
-    details = [
-        ErrorDetail(loc, msg)
-        for loc, msg in found
-        if not any(len(other) > len(loc) and other[: len(loc)] == loc for other, _ in found)
-    ]
+    # A union (return_grad: bool | list) fails once per member; keep the deepest, most specific failure (in time
+    # linear in the errors: a body of 100,000 unknown fields is 100,000 errors).
+    shallower = {loc[:k] for loc, _ in found for k in range(len(loc))}
+    details = [ErrorDetail(loc, msg) for loc, msg in found if loc not in shallower]
     summary = "; ".join(f"{'.'.join(map(str, d.loc)) or 'body'}: {d.msg}" for d in details[:5])
-    return InvalidRequest(f"the request does not match the loss's schema: {summary}", errors=details)
+    if len(details) > MAX_ERRORS:
+        summary += f" (and {len(details) - 5} more; the first {MAX_ERRORS} are in `errors`)"
+    return InvalidRequest(f"the request does not match the loss's schema: {summary}", errors=details[:MAX_ERRORS])
+
+
+MAX_ERRORS = 100
+"""The most field errors one problem lists."""
 
 
 def _field_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:

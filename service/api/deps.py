@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -200,6 +201,16 @@ class AppState:
         metrics.queued += weight
         queued = True
         cancel = Cancel()
+        slot = _Slot(partial(self._release, weight), asyncio.get_running_loop())
+
+        def body(cancel: Cancel) -> T:
+            joined = slot.join()
+            try:
+                return fn(cancel)
+            finally:
+                if joined:
+                    slot.thread_done()
+
         try:
             with anyio.fail_after(limit):
                 async with self.limiter:
@@ -207,17 +218,25 @@ class AppState:
                     queued = False
                     metrics.computing += 1
                     try:
-                        return await anyio.to_thread.run_sync(fn, cancel, abandon_on_cancel=True, limiter=self.threads)
+                        return await anyio.to_thread.run_sync(
+                            body, cancel, abandon_on_cancel=True, limiter=self.threads
+                        )
                     finally:
                         metrics.computing -= 1
         except TimeoutError:
             cancel.cancel()  # a worker process computing it is killed; a thread finishes in the background
             metrics.rejections.labels(reason="timeout").inc()
             raise ComputeTimeout(f"the request took longer than {limit:g} s", limit=math.ceil(limit)) from None
+        except asyncio.CancelledError:  # the client went away (a gRPC cancel, a passed deadline): as a timeout
+            cancel.cancel()
+            raise
         finally:
-            self.pending -= weight
             if queued:
                 metrics.queued -= weight
+            slot.request_done()
+
+    def _release(self, weight: int) -> None:
+        self.pending -= weight
 
     def fail(self) -> None:
         """The device is broken: report not ready at once, and stop the process so it is restarted."""
@@ -225,6 +244,39 @@ class AppState:
             self.failed = True
             log.critical("the compute device failed; stopping this process so that it is restarted")
             asyncio.get_running_loop().call_later(0.5, self.request_exit)
+
+
+class _Slot:
+    """A request's place in the admission count (`pending`), given back when both the request is answered and
+    its thread (if one started) has ended: a thread abandoned at a timeout or a cancellation still computes, and
+    keeps its place until it is done."""
+
+    def __init__(self, release: Callable[[], None], loop: asyncio.AbstractEventLoop):
+        self._release = release
+        self._loop = loop
+        self._owners = 1
+        self._lock = threading.Lock()
+
+    def join(self) -> bool:
+        """The thread starts: it holds the place too, unless the request has already given it back."""
+        with self._lock:
+            if self._owners == 0:
+                return False
+            self._owners += 1
+            return True
+
+    def thread_done(self) -> None:  # in the worker thread
+        if self._drop():
+            self._loop.call_soon_threadsafe(self._release)
+
+    def request_done(self) -> None:  # on the event loop
+        if self._drop():
+            self._release()
+
+    def _drop(self) -> bool:
+        with self._lock:
+            self._owners -= 1
+            return self._owners == 0
 
 
 async def get_state(request: Request) -> AppState:  # async: FastAPI would run a plain def in a thread

@@ -173,7 +173,7 @@ class InferenceService:
 
     async def ModelInfer(self, data: bytes, context: Any) -> Any:
         async def infer(info: dict[str, Any]) -> Any:
-            return await self._infer(await self._parse(data, info), context, info)
+            return await self._answer(await self._parse(data, info), context, info)
 
         return await self._call(context, "ModelInfer", infer)
 
@@ -190,27 +190,31 @@ class InferenceService:
             request = pb.ModelInferRequest()
             try:
                 request = await self._parse(data, info)
-                if "sequence_id" in request.parameters:
-                    response = await self._batch(request, context, info)
-                else:
-                    response = await self._infer(request, context, info)
+                response = await self._answer(request, context, info)
                 info["status"] = "OK"
                 answer = pb.ModelStreamInferResponse(infer_response=response)
             except LossdError as exc:
                 info["status"] = grpc_code(exc)
-                answer = _stream_error(request, exc.detail)
+                answer = _stream_error(request, _message(exc), info["status"], getattr(exc, "retry_after", None))
             except Exception as exc:
                 info["status"] = "INTERNAL"
                 log.error(
                     "unexpected error in gRPC ModelStreamInfer", exc_info=exc, extra={"request_id": info["request_id"]}
                 )
-                answer = _stream_error(request, _internal(info))
+                answer = _stream_error(request, _internal(info), "INTERNAL")
             except asyncio.CancelledError:  # the client left, or its deadline passed
                 info["status"] = _cancelled(context)
                 self._record(STREAM, info, time.perf_counter() - start)
                 raise
             self._record(STREAM, info, time.perf_counter() - start)
             yield answer
+
+    async def _answer(self, request: Any, context: Any, info: dict[str, Any]) -> Any:
+        """A model's inference, or with a `sequence_id` parameter a batch of that session (tritonclient's
+        `infer(sequence_id=...)` sends it unary, its `async_stream_infer` on the stream)."""
+        if "sequence_id" in request.parameters:
+            return await self._batch(request, context, info)
+        return await self._infer(request, context, info)
 
     async def _infer(self, request: Any, context: Any, info: dict[str, Any]) -> Any:
         spec = _model(self.plane, request.model_name, request.model_version)
@@ -278,7 +282,7 @@ class InferenceService:
             retry_after = getattr(exc, "retry_after", None)
             if retry_after is not None:
                 trailers.append(("retry-after", str(retry_after)))
-            await context.abort(grpc.StatusCode[code], exc.detail, tuple(trailers))
+            await context.abort(grpc.StatusCode[code], _message(exc), tuple(trailers))
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
@@ -336,11 +340,24 @@ def _parse_request(data: bytes) -> Any:
         raise MalformedBody("the message is not a ModelInferRequest") from None
 
 
-def _stream_error(request: Any, message: str) -> Any:
-    """A stream's answer to a request that failed: the message, and the request's model and id."""
-    return pb.ModelStreamInferResponse(
-        error_message=message, infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id)
-    )
+MESSAGE_CHARS = 2000
+"""The longest error message sent: it travels in a trailer, and gRPC refuses trailers past 8 KiB (the request's
+own strings, which messages quote, may be longer)."""
+
+
+def _message(exc: LossdError) -> str:
+    detail = exc.detail
+    return detail if len(detail) <= MESSAGE_CHARS else detail[: MESSAGE_CHARS - 1] + "…"
+
+
+def _stream_error(request: Any, message: str, code: str, retry_after: int | None = None) -> Any:
+    """A stream's answer to a request that failed: the message, the request's model and id, and in its
+    parameters the `status` (the code a unary call would end with) and `retry_after` for retryable ones."""
+    response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+    response.parameters["status"].string_param = code
+    if retry_after is not None:
+        response.parameters["retry_after"].int64_param = retry_after
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=response)
 
 
 def _cancelled(context: Any) -> str:
@@ -366,9 +383,12 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     `inference.GRPCInferenceService`."""
 
     WATCH_INTERVAL_S = 1.0
+    WATCHERS = 4
+    """Watch streams at once (health is public: without a bound, idle watchers would take gRPC's calls)."""
 
     def __init__(self, state: AppState):
         self.state = state
+        self.watching = 0
 
     async def _status(self, service: str) -> Any:
         if service not in ("", SERVICE):
@@ -383,43 +403,89 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        """The status now, then each change (checked every second), until the client leaves."""
-        last = None
-        while True:
-            status = await self._status(request.service)
-            if status != last:
-                last = status
-                yield health_pb2.HealthCheckResponse(status=status)
-            await asyncio.sleep(self.WATCH_INTERVAL_S)
+        """The status now, then each change (checked every second), until the client leaves; at most `WATCHERS`
+        watch at once (RESOURCE_EXHAUSTED beyond: `Check` is what probes use)."""
+        if self.watching >= self.WATCHERS:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.watching} clients watch already; use Check")
+        self.watching += 1
+        try:
+            last = None
+            while True:
+                status = await self._status(request.service)
+                if status != last:
+                    last = status
+                    yield health_pb2.HealthCheckResponse(status=status)
+                await asyncio.sleep(self.WATCH_INTERVAL_S)
+        finally:
+            self.watching -= 1
 
 
-class ApiKeys(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Every method but health needs `authorization: Bearer <key>` metadata with one of the keys."""
+class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """What every call but health passes: an API key (`authorization: Bearer <key>` metadata) when keys are set,
+    and a place among the `LOSSD_GRPC_MAX_CONCURRENT_RPCS` calls served at once (RESOURCE_EXHAUSTED beyond).
+    Health stays apart: probes answer even when the calls are all taken (gRPC's own limit leaves them
+    `HEALTH_HEADROOM` more)."""
 
-    def __init__(self, keys: list[str], state: AppState):
-        self.keys = [key.encode() for key in keys]
+    HEALTH_HEADROOM = 16
+
+    def __init__(self, state: AppState):
+        self.keys = [key.encode() for key in state.api_keys]
         self.state = state
+        self.limit = state.settings.grpc_max_concurrent_rpcs
+        self.active = 0
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
         handler = await continuation(details)
         if handler is None or details.method.startswith(f"/{HEALTH}/"):
             return handler
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization" and valid_key(self.keys, str(value).encode("latin-1", "replace")):
-                return handler
-        self.state.metrics.rejections.labels(reason=Unauthorized.slug).inc()
-        return _refusing(handler)
+        if self.keys and not any(
+            key == "authorization" and valid_key(self.keys, str(value).encode("latin-1", "replace"))
+            for key, value in details.invocation_metadata or ()
+        ):
+            self.state.metrics.rejections.labels(reason=Unauthorized.slug).inc()
+            message = "a valid API key is required: send `authorization: Bearer <key>` metadata"
+            return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, message)
+        return self._counted(handler)
+
+    def _counted(self, handler: Any) -> Any:
+        """`handler`, holding a place among the calls served at once while it runs."""
+        request_streaming, response_streaming = handler.request_streaming, handler.response_streaming
+        field = ("stream_" if request_streaming else "unary_") + ("stream" if response_streaming else "unary")
+        behavior = getattr(handler, field)
+
+        async def unary(request: Any, context: Any) -> Any:
+            await self._enter(context)
+            try:
+                return await behavior(request, context)
+            finally:
+                self.active -= 1
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            await self._enter(context)
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                self.active -= 1
+
+        return handler._replace(**{field: streaming if response_streaming else unary})
+
+    async def _enter(self, context: Any) -> None:
+        if self.active >= self.limit:
+            self.state.metrics.rejections.labels(reason="overloaded").inc()
+            detail = f"{self.active} gRPC calls are being served, the most LOSSD_GRPC_MAX_CONCURRENT_RPCS allows"
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{detail}; retry shortly", (("retry-after", "1"),))
+        self.active += 1
 
 
-def _refusing(handler: Any) -> Any:
-    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
-    message = "a valid API key is required: send `authorization: Bearer <key>` metadata"
+def _refusing(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    """A handler of the same kind as `handler` that answers `code` with `message`."""
 
     async def deny(request: Any, context: Any) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     async def deny_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
         yield  # pragma: no cover  (abort raises)
 
     kind = (handler.request_streaming, handler.response_streaming)
@@ -440,18 +506,31 @@ HANDLERS = {
 
 
 def _add_to(server: grpc.aio.Server, servicer: InferenceService) -> None:
-    """Register every method of the service, from the proto's descriptor: `ModelInferRequest`s reach the servicer
-    as bytes, every other message as the generated class reads it."""
+    """Register every method of the service, from the proto's descriptor. Messages arrive as bytes:
+    `ModelInferRequest`s are parsed by the servicer (their size known, a large one in a worker thread), the others
+    here, and a message that does not parse is INVALID_ARGUMENT, not gRPC's UNKNOWN."""
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
         request, response = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
+        behavior = getattr(servicer, method.name)
         handlers[method.name] = HANDLERS[method.client_streaming, method.server_streaming](
-            getattr(servicer, method.name),
-            request_deserializer=None if request is pb.ModelInferRequest else request.FromString,
+            behavior if request is pb.ModelInferRequest else _parsing(behavior, request),
+            request_deserializer=None,
             response_serializer=response.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _parsing(behavior: Callable[[Any, Any], Awaitable[Any]], message: Any) -> Callable[[bytes, Any], Awaitable[Any]]:
+    async def parsed(data: bytes, context: Any) -> Any:
+        try:
+            request = message.FromString(data)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the message is not a {message.__name__}")
+        return await behavior(request, context)
+
+    return parsed
 
 
 def options(state: AppState) -> list[tuple[str, Any]]:
@@ -472,11 +551,10 @@ def options(state: AppState) -> list[tuple[str, Any]]:
 async def start(state: AppState) -> grpc.aio.Server:
     """Serve gRPC for `state`'s app on `LOSSD_HOST:LOSSD_GRPC_PORT` on the running event loop."""
     settings = state.settings
-    keys = state.api_keys
     server = grpc.aio.server(
-        interceptors=[ApiKeys(keys, state)] if keys else None,
+        interceptors=[Gate(state)],
         options=options(state),
-        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs + Gate.HEALTH_HEADROOM,
     )
     _add_to(server, InferenceService(state))
     health_pb2_grpc.add_HealthServicer_to_server(HealthService(state), server)

@@ -154,13 +154,21 @@ def test_gradient_requests_weigh_double(make_client: Callable[..., TestClient], 
     assert sorted(r.status_code for r in responses) == [200, 503]
 
 
-def test_timeout_frees_the_slot(make_client: Callable[..., TestClient], slow_l1: float) -> None:
-    client = make_client(inline_max_bytes=0, max_concurrency=1, request_timeout_s=slow_l1 / 2)
+def test_timeout_keeps_the_slot_until_the_thread_ends(make_client: Callable[..., TestClient], slow_l1: float) -> None:
+    """A 504 answers at the timeout; the abandoned computation keeps its place in the admission count until its
+    thread ends (it still computes: freeing its place early would let clients pile up threads past the limits)."""
+    client = make_client(inline_max_bytes=0, max_concurrency=1, max_queue=1, request_timeout_s=slow_l1 / 2)
+    state = client.app.state.lossd  # type: ignore[attr-defined]
     response = client.post("/v1/losses/l1", json={"input": [1.0], "target": [0.0]})
     assert response.status_code == 504
     assert response.json()["type"] == "/problems/timeout"
-    assert client.app.state.lossd.pending == 0  # type: ignore[attr-defined]  # the slot is free again
-    time.sleep(slow_l1)  # the abandoned computation finishes in its thread
+    assert state.pending == 1  # the thread still computes
+    busy = client.post("/v1/losses/l1", json={"input": [1.0], "target": [0.0], "return_grad": True})
+    assert busy.status_code == 503, busy.text  # weight 2 on top of the 1 still computing passes the limit of 2
+    deadline = time.monotonic() + 10
+    while state.pending:  # the abandoned computation finishes in its thread
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     ok = client.post("/v1/losses/cross_entropy", json=GOOD)
     assert ok.status_code == 200, ok.text
     wire.assert_same(ok.json()["loss"], _expected())

@@ -577,6 +577,8 @@ def test_limits_are_resource_exhausted() -> None:
             assert ready.wait(30)
         code, _ = code_of(lambda: server.stub.ModelInfer(tiny, timeout=10))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        health = health_pb2_grpc.HealthStub(server.channel)  # probes still answer
+        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
         for gate in gates:
             gate.set()
         for opener in openers:
@@ -584,3 +586,39 @@ def test_limits_are_resource_exhausted() -> None:
         _still_works(server)
     finally:
         server.close()
+
+
+def test_what_an_outside_attack_found(server: Server) -> None:
+    """UINT8 class indices in typed contents; a unary call with a sequence_id feeds its session (tritonclient's
+    `infer(sequence_id=...)`); bytes that are no message are INVALID_ARGUMENT on every method; a very long name is
+    quoted short; health Watch streams are bounded."""
+    logits, labels = randn(4, 3, seed=1).float(), torch.tensor([0, 2, 1, 2], dtype=torch.uint8)
+    message = request("cross_entropy", {"input": logits}, raw=False)
+    message.inputs.add(name="target", datatype="UINT8", shape=[4]).contents.uint_contents.extend(labels.tolist())
+    same(outputs(server.stub.ModelInfer(message))["loss"], F.cross_entropy(logits, labels.long()))
+
+    session = httpx.post(f"{server.url}/v1/sessions", json={"losses": [{"name": "l1"}]}).json()["id"]
+    x, y = randn(5, seed=2).float(), randn(5, seed=3).float()
+    answer = server.stub.ModelInfer(request("l1", {"input": x, "target": y}, request_id="u1", sequence_id=session))
+    same(outputs(answer)["loss"], F.l1_loss(x, y).double().reshape(1))
+    assert httpx.get(f"{server.url}/v1/sessions/{session}").json()["batches"] == 1
+
+    for method in ("ServerMetadata", "ModelMetadata", "ModelReady", "ModelInfer"):
+        call = server.channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+        code, detail = code_of(lambda call=call: call(b"\xff\xff\xff garbage", timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (method, code, detail)
+
+    code, detail = code_of(lambda: server.stub.ModelInfer(pb.ModelInferRequest(model_name="x" * 20000)))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert len(detail) <= 2000
+
+    health = health_pb2_grpc.HealthStub(server.channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=10) for _ in range(4)]
+    for watch in watches:
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    code, _ = code_of(lambda: next(health.Watch(health_pb2.HealthCheckRequest(), timeout=10)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    for watch in watches:
+        watch.cancel()
+    _still_works(server)
