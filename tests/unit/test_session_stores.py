@@ -573,6 +573,21 @@ async def test_script_flushed(redis_server: RedisServer) -> None:
         assert await store.apply(session, "b2", "d2", B2)  # NOSCRIPT: loaded again, then run
         await store.create(LOSSES, ttl_s=60)
         assert exact((await store.get(session)).totals) == exact(expected(B1, B2))
+        admin = Redis.from_url(redis_server.url)
+        try:
+            await admin.script_flush()
+        finally:
+            await admin.aclose()
+        # batches applied together share one pipeline: NOSCRIPT there too, and each keeps its own outcome
+        outcomes = await asyncio.gather(
+            *(store.apply(session, f"c{i}", f"e{i}", B1) for i in range(4)),
+            store.apply(session, "b1", "d1", B1),
+            store.apply(session, "b2", "other", B2),
+            return_exceptions=True,
+        )
+        assert outcomes[:5] == [True, True, True, True, False]
+        assert isinstance(outcomes[5], Conflict)
+        assert exact((await store.get(session)).totals) == exact(expected(B1, B2, B1, B1, B1, B1))
 
 
 async def test_appendonly_restart_keeps_sessions(tmp_path: Path) -> None:
