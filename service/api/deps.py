@@ -156,7 +156,8 @@ class AppState:
         the request is refused at once (503 with Retry-After) rather than piling up; after
         `request_timeout_s` (or `timeout`, a client's deadline, when shorter) the request gets a 504.
         A computation predicted to build more than `isolate_work_bytes` runs in a worker process, which
-        the timeout kills (its CPU and memory come back at once); smaller ones finish in their thread.
+        the timeout (or the client's leaving) kills: its CPU and memory come back at once. Smaller ones finish in
+        their thread, which keeps the request's place in the queue count until it ends.
         """
         if size < self.settings.inline_max_bytes:
             ready = read()
