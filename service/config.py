@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     Health checks are apart (16 more). gRPC receives each message whole before lossd sees it, so this (plus the
     16) times `grpc_max_message_bytes` bounds the memory gRPC requests can hold."""
 
+    grpc_stream_idle_s: float = Field(60.0, gt=0)
+    """A `ModelStreamInfer` stream that sends no request for this long is ended (DEADLINE_EXCEEDED), so that idle
+    streams do not hold the calls of `grpc_max_concurrent_rpcs` forever."""
+
     device: str = "auto"
     """Where losses run: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
 

@@ -182,8 +182,17 @@ class InferenceService:
         on. A request with a `sequence_id` parameter feeds that session, its `id` as the batch id."""
         stream_id = self._request_id(context)
         context.set_trailing_metadata((("x-request-id", stream_id),))
+        idle = self.state.settings.grpc_stream_idle_s
+        incoming = aiter(messages)
         n = 0
-        async for data in messages:
+        while True:
+            try:
+                data = await asyncio.wait_for(anext(incoming), idle)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                detail = f"the stream sent no request for {idle:g} s (LOSSD_GRPC_STREAM_IDLE_S)"
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, detail, (("x-request-id", stream_id),))
             n += 1
             info = self._info(f"{stream_id}:{n}")
             start = time.perf_counter()
@@ -433,6 +442,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.state = state
         self.limit = state.settings.grpc_max_concurrent_rpcs
         self.active = 0
+        self.ids = RequestIds()
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
         handler = await continuation(details)
@@ -444,7 +454,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         ):
             self.state.metrics.rejections.labels(reason=Unauthorized.slug).inc()
             message = "a valid API key is required: send `authorization: Bearer <key>` metadata"
-            return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, message)
+            return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, message, self.ids.next())
         return self._counted(handler)
 
     def _counted(self, handler: Any) -> Any:
@@ -478,14 +488,15 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.active += 1
 
 
-def _refusing(handler: Any, code: grpc.StatusCode, message: str) -> Any:
-    """A handler of the same kind as `handler` that answers `code` with `message`."""
+def _refusing(handler: Any, code: grpc.StatusCode, message: str, request_id: str) -> Any:
+    """A handler of the same kind as `handler` that answers `code` with `message` (and the request id)."""
+    trailers = (("x-request-id", request_id),)
 
     async def deny(request: Any, context: Any) -> None:
-        await context.abort(code, message)
+        await context.abort(code, message, trailers)
 
     async def deny_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-        await context.abort(code, message)
+        await context.abort(code, message, trailers)
         yield  # pragma: no cover  (abort raises)
 
     kind = (handler.request_streaming, handler.response_streaming)

@@ -460,9 +460,12 @@ def test_api_keys_and_the_access_log(keyed: tuple[Server, Path]) -> None:
     server, log = keyed
     x = randn(3, seed=1).float()
     message = request("l1", {"input": x, "target": x * 2})
-    code, detail = code_of(lambda: server.stub.ModelInfer(message))
-    assert code == grpc.StatusCode.UNAUTHENTICATED
-    assert "Bearer" in detail
+    with pytest.raises(grpc.RpcError) as denied:
+        server.stub.ModelInfer(message)
+    error: Any = denied.value
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "Bearer" in error.details()
+    assert "x-request-id" in [m.key for m in error.trailing_metadata()]
     code, _ = code_of(lambda: server.stub.ModelInfer(message, metadata=[("authorization", "Bearer wrong")]))
     assert code == grpc.StatusCode.UNAUTHENTICATED
     code, _ = code_of(lambda: list(server.stub.ModelStreamInfer(iter([message]))))
@@ -622,3 +625,29 @@ def test_what_an_outside_attack_found(server: Server) -> None:
     for watch in watches:
         watch.cancel()
     _still_works(server)
+
+
+def test_an_idle_stream_is_ended() -> None:
+    """A stream that sends nothing for LOSSD_GRPC_STREAM_IDLE_S is ended, giving its call back."""
+    server = Server(LOSSD_GRPC_STREAM_IDLE_S="1")
+    try:
+        x = randn(3, seed=1).float()
+        tiny = request("l1", {"input": x, "target": x})
+        answers: list[Any] = []
+
+        def messages() -> Iterator[Any]:
+            yield tiny
+            time.sleep(3)  # idle past the limit
+            yield tiny
+
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as ended:
+            answers.extend(server.stub.ModelStreamInfer(messages(), timeout=30))  # keeps those before the error
+        error: Any = ended.value
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "LOSSD_GRPC_STREAM_IDLE_S" in error.details()
+        assert len(answers) == 1
+        assert time.monotonic() - started < 3
+        _still_works(server)
+    finally:
+        server.close()
