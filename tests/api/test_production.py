@@ -3,6 +3,7 @@ device failure, unexpected errors, metrics and the access log."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 import threading
@@ -350,3 +351,41 @@ def test_sigterm_turns_readiness_off() -> None:
         assert asyncio.run(scenario()) == (200, 503)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_cancelled_request_cancels_its_work_and_keeps_its_place_until_it_ends(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A request the client abandons (a gRPC cancel, a passed deadline: the handler's task is cancelled) cancels
+    its computation (a worker process is killed), and its place in the queue count comes back only when the
+    computation has ended, so cancelled work cannot pile up past the limits."""
+    client = make_client(max_concurrency=1, max_queue=1)
+    state = client.app.state.lossd  # type: ignore[attr-defined]
+    started = threading.Event()
+    outcome: list[str] = []
+
+    def work(cancel: Any) -> None:  # stands in for a computation in a worker process, which `cancel` kills
+        started.set()
+        deadline = time.monotonic() + 10
+        while not cancel.cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the killed worker's thread returns a moment later
+        outcome.append("killed" if cancel.cancelled else "not cancelled")
+
+    async def scenario() -> tuple[int, int]:
+        task = asyncio.ensure_future(state._in_thread(work, weight=2))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        held = state.pending  # cancelled, but its thread still runs
+        deadline = time.monotonic() + 10
+        while state.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return held, state.pending
+
+    held, after = client.portal.call(scenario)  # type: ignore[union-attr]
+    assert held == 2
+    assert after == 0
+    assert outcome == ["killed"]
