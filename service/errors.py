@@ -86,7 +86,8 @@ class UnknownLoss(NotFound):
 
     def __init__(self, name: str, suggestions: Sequence[str]):
         hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        super().__init__(f"no loss named {name!r}{hint}", loc=("name",))
+        shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}... ({len(name)} characters)"
+        super().__init__(f"no loss named {shown}{hint}", loc=("name",))
         self.name = name
         self.suggestions = list(suggestions)
 

@@ -254,6 +254,14 @@ def test_unknown_loss_suggests_close_names(client: TestClient) -> None:
         assert "cross_entropy" in problem["detail"]
 
 
+def test_an_unknown_loss_is_quoted_short(client: TestClient) -> None:
+    """A 10,000-character name is not echoed whole (twice) into the problem."""
+    response = client.post(f"/v1/losses/{'m' * 10000}", json={})
+    assert response.status_code == 404
+    assert response.json()["detail"].endswith("... (10000 characters)")
+    assert len(response.content) < 1000
+
+
 def test_unknown_route_and_method_are_problems(client: TestClient) -> None:
     response = client.get("/nowhere")
     assert response.status_code == 404
