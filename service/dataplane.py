@@ -184,17 +184,9 @@ class DataPlane:
         """One loss entry over shared tensors: its spec, its validated request and its job, every error
         located in the request (`losses.i...`, or the shared tensor it is about)."""
         here: Loc = ("losses", i)
-        try:
-            spec = self.registry.get(entry.name)
-        except UnknownLoss as exc:
-            raise InvalidRequest(exc.detail, loc=(*here, "name")) from None
+        spec = self._entry_spec(entry, here)
         renames = entry.tensors or {}
         args = {arg.name for arg in spec.tensors}
-        for arg_name in renames:
-            if arg_name not in args:
-                raise InvalidRequest(
-                    f"{spec.name} has no tensor argument {arg_name!r}", loc=(*here, "tensors", arg_name)
-                )
         extra = entry.model_extra or {}
         for name in args & set(extra):
             raise InvalidRequest(
@@ -224,6 +216,20 @@ class DataPlane:
                 raise relocated(exc) from None
 
         return spec, params, Job(job.cost, job.work_bytes, job.output_bytes, located, job.here)
+
+    def _entry_spec(self, entry: schemas.LossEntry, here: Loc) -> LossSpec:
+        """The loss an entry (at `here`) names, whose tensor arguments its `tensors` renames."""
+        try:
+            spec = self.registry.get(entry.name)
+        except UnknownLoss as exc:
+            raise InvalidRequest(exc.detail, loc=(*here, "name")) from None
+        args = {arg.name for arg in spec.tensors}
+        for arg_name in entry.tensors or {}:
+            if arg_name not in args:
+                raise InvalidRequest(
+                    f"{spec.name} has no tensor argument {arg_name!r}", loc=(*here, "tensors", arg_name)
+                )
+        return spec
 
     def new_session(self, body: bytes, max_ttl_s: int) -> Job[NewSession]:
         """Read a `POST /v1/sessions` body: its losses, validated and normalized, or the states it merges
@@ -266,15 +272,7 @@ class DataPlane:
             entry = self.validate(schemas.LossEntry, value) if isinstance(value, dict) else None
             if entry is None:
                 raise InvalidRequest("a loss entry is an object with a name and parameters", loc=here)
-            try:
-                spec = self.registry.get(entry.name)
-            except UnknownLoss as exc:
-                raise InvalidRequest(exc.detail, loc=(*here, "name")) from None
-            for arg_name in entry.tensors or {}:
-                if arg_name not in {arg.name for arg in spec.tensors}:
-                    raise InvalidRequest(
-                        f"{spec.name} has no tensor argument {arg_name!r}", loc=(*here, "tensors", arg_name)
-                    )
+            spec = self._entry_spec(entry, here)
             try:
                 params = self.validate(spec.params, entry.model_extra or {})
             except LossdError as exc:

@@ -13,13 +13,14 @@ from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
 
 from service import __version__, codec
 from service.compute import LossResult, RawTensor
 from service.dataplane import DataPlane, Job
-from service.errors import InvalidRequest, InvalidTensor
+from service.errors import InvalidRequest, InvalidTensor, NotFound
 from service.limits import Limits
-from service.losses.registry import LossSpec, TensorKind
+from service.losses.registry import LossSpec, Registry, TensorKind
 
 VERSION = "1"
 """Every loss is a model with one version."""
@@ -97,6 +98,19 @@ def output_names(spec: LossSpec) -> list[str]:
     return ["loss", *(f"grad_{name}" for name in spec.differentiable)]
 
 
+def model(registry: Registry, name: str, version: str | None = None) -> LossSpec:
+    """The loss that model `name` (a loss's name or alias) is, at `version` (none or empty: its only one)."""
+    spec = registry.get(name)
+    if version and version != VERSION:
+        raise NotFound(f"model {name!r} has no version {version!r}; its only version is {VERSION}", loc=("version",))
+    return spec
+
+
+def output_tensors(result: LossResult) -> dict[str, Tensor]:
+    """A result's tensors by output name: `loss`, and `grad_<argument>` for each gradient."""
+    return {"loss": result.loss} | {f"grad_{name}": grad for name, grad in result.grads.items()}
+
+
 def model_metadata(spec: LossSpec) -> dict[str, Any]:
     """`GET /v2/models/{loss}`: inputs named as torch names them; -1 marks a dimension of any size.
 
@@ -164,7 +178,7 @@ def plan(
 def _answer(
     spec: LossSpec, request: InferenceRequest, outputs: list[RequestOutput], binary_default: bool, result: LossResult
 ) -> Answer:
-    tensors = {"loss": result.loss} | {f"grad_{name}": grad for name, grad in result.grads.items()}
+    tensors = output_tensors(result)
     response: dict[str, Any] = {"model_name": spec.name, "model_version": VERSION}
     if request.id is not None:
         response["id"] = request.id
@@ -203,6 +217,11 @@ def check_input(spec: LossSpec, raw: dict[str, RawTensor], name: str, i: int) ->
     if name not in {arg.name for arg in spec.tensors}:
         inputs = ", ".join(arg.name for arg in spec.tensors)
         raise InvalidRequest(f"model {spec.name} has no input {name!r}; its inputs are {inputs}", loc=("inputs", i))
+    check_distinct(raw, name, i)
+
+
+def check_distinct(raw: dict[str, RawTensor], name: str, i: int) -> None:
+    """The request has not given input `name` (its `i`th) before."""
     if name in raw:
         raise InvalidRequest(f"input {name!r} is given twice", loc=("inputs", i))
 

@@ -330,6 +330,11 @@ async def read_body(receive: Receive) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def json_content(schema: str) -> dict[str, Any]:
+    """An OpenAPI `content` entry: JSON of the component schema `schema`."""
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+
+
 async def send_json(send: Send, body: bytes) -> None:
     """A complete `200 application/json` response."""
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -31,7 +31,8 @@ log = logging.getLogger("lossd")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 """Routes that answer without an API key: orchestrators probe them."""
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+"""A request id a client may give (`X-Request-ID`, or gRPC's `x-request-id` metadata): otherwise one is made."""
 _WANTED = frozenset({b"x-request-id", b"authorization", b"content-length"})
 
 
@@ -63,7 +64,7 @@ class Edge:
             return
         headers = {k: v for k, v in scope["headers"] if k in _WANTED}
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if given and _REQUEST_ID.match(given) else self.ids.next()
+        request_id = given if REQUEST_ID.fullmatch(given) else self.ids.next()
         info: dict[str, Any] = {"request_id": request_id, "status": 0, "bytes_in": 0, "bytes_out": 0}
         scope["lossd"] = info
         limit = self.limit
@@ -140,24 +141,9 @@ class Edge:
         return None
 
     def _record(self, scope: Scope, info: dict[str, Any], seconds: float) -> None:
-        template = info.get("route") or self._template(scope)
-        loss = info.get("loss", "")
+        route = info.get("route") or self._template(scope)
         status = info["status"] or 499  # no response started: the client went away first
-        self.metrics.record(template, loss, status, seconds, info["bytes_in"])
-        if self.access_log is not None:
-            self.access_log.write(
-                {
-                    "request_id": info["request_id"],
-                    "method": scope["method"],
-                    "route": template,
-                    "path": scope["path"],
-                    "loss": loss or None,
-                    "status": status,
-                    "duration_ms": round(seconds * 1e3, 3),
-                    "bytes_in": info["bytes_in"],
-                    "bytes_out": info["bytes_out"],
-                }
-            )
+        record(self.metrics, self.access_log, info, scope["method"], route, scope["path"], status, seconds)
 
     def _template(self, scope: Scope) -> str:
         """The route a path matched, as a template, for bounded metric labels ("unmatched" for the rest)."""
@@ -168,6 +154,36 @@ class Edge:
             app = scope.get("app")
             self._static = frozenset(getattr(r, "path", "") for r in getattr(app, "routes", []))
         return str(scope["path"]) if scope["path"] in self._static else "unmatched"
+
+
+def record(
+    metrics: Metrics,
+    access_log: AccessLog | None,
+    info: dict[str, Any],
+    method: str,
+    route: str,
+    path: str,
+    status: int | str,
+    seconds: float,
+) -> None:
+    """One answered request (HTTP, or a gRPC call) in the metrics and the access log; `info` holds its
+    `request_id`, `loss` (if any), `bytes_in` and `bytes_out`."""
+    loss = info.get("loss", "")
+    metrics.record(route, loss, status, seconds, info["bytes_in"])
+    if access_log is not None:
+        access_log.write(
+            {
+                "request_id": info["request_id"],
+                "method": method,
+                "route": route,
+                "path": path,
+                "loss": loss or None,
+                "status": status,
+                "duration_ms": round(seconds * 1e3, 3),
+                "bytes_in": info["bytes_in"],
+                "bytes_out": info["bytes_out"],
+            }
+        )
 
 
 def valid_key(keys: list[bytes], authorization: bytes) -> bool:

@@ -99,7 +99,7 @@ class Metrics:
         for name, (doc, read) in gauges.items():
             Gauge(name, doc, registry=self.registry).set_function(read)
 
-    def record(self, route: str, loss: str, status: int, seconds: float, bytes_in: int) -> None:
+    def record(self, route: str, loss: str, status: int | str, seconds: float, bytes_in: int) -> None:
         """Count one answered request. Label children are cached: `labels()` costs more than the update."""
         children = self._children.get((route, loss, str(status)))
         if children is None:
@@ -204,7 +204,7 @@ class SharedMetrics(Metrics):
         self._computing = value
         self._computing_gauge.set(value)
 
-    def record(self, route: str, loss: str, status: int, seconds: float, bytes_in: int) -> None:
+    def record(self, route: str, loss: str, status: int | str, seconds: float, bytes_in: int) -> None:
         if self._gc_pending:
             self._flush_gc()
         super().record(route, loss, status, seconds, bytes_in)

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from service import codec
-from service.api.deps import AppState, header_values, read_body, require_json, send_json
+from service.api.deps import AppState, header_values, json_content, read_body, require_json, send_json
 from service.dataplane import Batch
 from service.sessions.state import export, result_json
 from service.sessions.store import feed
@@ -30,10 +30,6 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(codec.dumps(body), status, headers=headers, media_type="application/json")
 
 
-def _schema(name: str) -> dict[str, Any]:
-    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
-
-
 def _timestamp(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -43,8 +39,8 @@ def _timestamp(unix: float) -> str:
     operation_id="sessions-create",
     status_code=201,
     response_class=Response,
-    responses={201: {"description": "The session", "content": _schema("SessionCreated")}},
-    openapi_extra={"requestBody": {"required": True, "content": _schema("SessionCreate")}},
+    responses={201: {"description": "The session", "content": json_content("SessionCreated")}},
+    openapi_extra={"requestBody": {"required": True, "content": json_content("SessionCreate")}},
 )
 async def create_session(request: Request) -> Response:
     """A new session of losses (entries as in /v1/evaluate; reduction mean, sum or batchmean), or one that merges
@@ -105,8 +101,8 @@ def openapi_paths() -> dict[str, Any]:
         "summary": "Add a batch to a session",
         "description": doc,
         "parameters": [{"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-        "requestBody": {"required": True, "content": _schema("BatchRequest")},
-        "responses": {"200": {"description": "This batch's own values", "content": _schema("BatchResponse")}},
+        "requestBody": {"required": True, "content": json_content("BatchRequest")},
+        "responses": {"200": {"description": "This batch's own values", "content": json_content("BatchResponse")}},
     }
     return {BATCH_ROUTE: {"post": operation}}
 
@@ -115,7 +111,7 @@ def openapi_paths() -> dict[str, Any]:
     "/{session_id}",
     operation_id="sessions-get",
     response_class=Response,
-    responses={200: {"description": "The dataset values", "content": _schema("SessionView")}},
+    responses={200: {"description": "The dataset values", "content": json_content("SessionView")}},
 )
 async def get_session(session_id: str, request: Request) -> Response:
     """The loss of the whole dataset so far, per loss (and per group label when groups were sent)."""

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.api.deps import AppState, StateDep, header_values, read_body, require_json, send_json
+from service.api.deps import AppState, StateDep, header_values, json_content, read_body, require_json, send_json
 from service.api.errors import problem_body
 from service.losses.registry import Registry
 
@@ -28,12 +28,11 @@ LOSS_ROUTE = "/v1/losses/{name}"
 
 
 def _json_body(schema: str) -> dict[str, Any]:
-    ref = {"$ref": f"#/components/schemas/{schema}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+    return {"requestBody": {"required": True, "content": json_content(schema)}}
 
 
 def _json_200(schema: str) -> dict[int | str, Any]:
-    return {200: {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}}
+    return {200: {"content": json_content(schema)}}
 
 
 class LossEndpoint:

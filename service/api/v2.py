@@ -16,19 +16,13 @@ from fastapi.responses import JSONResponse, Response
 from service import oip
 from service.api.deps import AppState, StateDep, require_json
 from service.codec import compress
-from service.errors import NotFound
 from service.losses.registry import LossSpec
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
 
 def _model(state: AppState, name: str, version: str | None) -> LossSpec:
-    spec = state.plane.registry.get(name)
-    if version is not None and version != oip.VERSION:
-        raise NotFound(
-            f"model {name!r} has no version {version!r}; its only version is {oip.VERSION}", loc=("version",)
-        )
-    return spec
+    return oip.model(state.plane.registry, name, version)
 
 
 @router.get("", operation_id="v2-server-metadata")

@@ -28,11 +28,11 @@ from grpc_reflection.v1alpha import reflection
 
 from service import codec, oip
 from service.api.deps import AppState
-from service.api.edge import RequestIds, valid_key
+from service.api.edge import REQUEST_ID, RequestIds, record, valid_key
 from service.api.errors import grpc_code
 from service.compute import LossResult, RawTensor
 from service.dataplane import Batch, DataPlane, Job
-from service.errors import InvalidRequest, LossdError, MalformedBody, NotFound, Unauthorized
+from service.errors import InvalidRequest, LossdError, MalformedBody, Unauthorized
 from service.losses.registry import LossSpec
 from service.rpc import grpc_service_pb2 as pb
 from service.sessions.store import feed
@@ -50,13 +50,6 @@ def _param(value: Any) -> Any:
     """An `InferParameter`'s value (bool, int, str or float), or None when it holds none."""
     kind = value.WhichOneof("parameter_choice")
     return None if kind is None else getattr(value, kind)
-
-
-def _model(plane: DataPlane, name: str, version: str) -> LossSpec:
-    spec = plane.registry.get(name)
-    if version and version != oip.VERSION:
-        raise NotFound(f"model {name!r} has no version {version!r}; its only version is {oip.VERSION}")
-    return spec
 
 
 def _inputs(
@@ -90,11 +83,6 @@ def _inputs(
     return raw
 
 
-def _distinct(raw: dict[str, RawTensor], name: str, i: int) -> None:
-    if name in raw:
-        raise InvalidRequest(f"input {name!r} is given twice", loc=("inputs", i))
-
-
 def _output(response: Any, name: str, t: torch.Tensor, info: dict[str, Any]) -> None:
     """Add `t` to `response` as Triton does: its metadata in `outputs`, its bytes in `raw_output_contents`."""
     response.outputs.add(name=name, datatype=codec.V2_NAMES[t.dtype], shape=list(t.shape))
@@ -106,7 +94,7 @@ def _output(response: Any, name: str, t: torch.Tensor, info: dict[str, Any]) -> 
 def _infer_response(
     spec: LossSpec, request_id: str, outputs: list[str], info: dict[str, Any], result: LossResult
 ) -> Any:
-    tensors = {"loss": result.loss} | {f"grad_{name}": grad for name, grad in result.grads.items()}
+    tensors = oip.output_tensors(result)
     response = pb.ModelInferResponse(model_name=spec.name, model_version=oip.VERSION, id=request_id)
     if result.warnings:
         response.parameters["warnings"].string_param = " ".join(result.warnings)
@@ -152,7 +140,7 @@ class InferenceService:
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         def ready(info: dict[str, Any]) -> Awaitable[Any]:
-            _model(self.plane, request.name, request.version)
+            oip.model(self.plane.registry, request.name, request.version)
             return _ready(pb.ModelReadyResponse(ready=True))
 
         return await self._call(context, "ModelReady", ready)
@@ -164,7 +152,7 @@ class InferenceService:
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         def metadata(info: dict[str, Any]) -> Awaitable[Any]:
-            document = oip.model_metadata(_model(self.plane, request.name, request.version))
+            document = oip.model_metadata(oip.model(self.plane.registry, request.name, request.version))
             for side in ("inputs", "outputs"):  # `optional` is the HTTP document's alone
                 document[side] = [{k: v for k, v in t.items() if k != "optional"} for t in document[side]]
             return _ready(pb.ModelMetadataResponse(**document))
@@ -226,7 +214,7 @@ class InferenceService:
         return await self._infer(request, context, info)
 
     async def _infer(self, request: Any, context: Any, info: dict[str, Any]) -> Any:
-        spec = _model(self.plane, request.model_name, request.model_version)
+        spec = oip.model(self.plane.registry, request.model_name, request.model_version)
         info["loss"] = spec.name
         parameters = {key: _param(value) for key, value in request.parameters.items()}
         outputs = [output.name for output in request.outputs] or ["loss"]
@@ -256,7 +244,7 @@ class InferenceService:
             info["loss"] = request.model_name
 
             def read() -> Job[Batch]:
-                return plane.decoded_batch(losses, request.id, _inputs(plane, request, _distinct))
+                return plane.decoded_batch(losses, request.id, _inputs(plane, request, oip.check_distinct))
 
             return await self._schedule(read, context, info)
 
@@ -292,9 +280,9 @@ class InferenceService:
             if retry_after is not None:
                 trailers.append(("retry-after", str(retry_after)))
             await context.abort(grpc.StatusCode[code], _message(exc), tuple(trailers))
+        except grpc.aio.AbortError:
+            raise
         except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError):
-                raise
             info["status"] = "INTERNAL"
             log.error("unexpected error in gRPC %s", method, exc_info=exc, extra={"request_id": info["request_id"]})
             await context.abort(grpc.StatusCode.INTERNAL, _internal(info), tuple(trailers))
@@ -314,7 +302,7 @@ class InferenceService:
 
     def _request_id(self, context: Any) -> str:
         for key, value in context.invocation_metadata() or ():
-            if key == "x-request-id" and isinstance(value, str) and _valid_id(value):
+            if key == "x-request-id" and isinstance(value, str) and REQUEST_ID.fullmatch(value):
                 return value
         return self.ids.next()
 
@@ -324,22 +312,7 @@ class InferenceService:
 
     def _record(self, route: str, info: dict[str, Any], seconds: float) -> None:
         """The call in the metrics (`status` is the gRPC code's name) and the access log, as HTTP requests are."""
-        state = self.state
-        state.metrics.record(route, info["loss"], info["status"], seconds, info["bytes_in"])
-        if state.access_log is not None:
-            state.access_log.write(
-                {
-                    "request_id": info["request_id"],
-                    "method": "gRPC",
-                    "route": route,
-                    "path": route,
-                    "loss": info["loss"] or None,
-                    "status": info["status"],
-                    "duration_ms": round(seconds * 1e3, 3),
-                    "bytes_in": info["bytes_in"],
-                    "bytes_out": info["bytes_out"],
-                }
-            )
+        record(self.state.metrics, self.state.access_log, info, "gRPC", route, route, info["status"], seconds)
 
 
 def _parse_request(data: bytes) -> Any:
@@ -380,10 +353,6 @@ def _internal(info: dict[str, Any]) -> str:
 
 async def _ready(value: T) -> T:
     return value
-
-
-def _valid_id(value: str) -> bool:
-    return 0 < len(value) <= 128 and all(c.isalnum() or c in "._:-" for c in value) and value.isascii()
 
 
 class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]

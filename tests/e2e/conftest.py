@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -27,8 +28,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(**env: str) -> tuple[str, subprocess.Popen[bytes]]:
-    """`python -m service` on a free loopback port, ready to answer."""
+def start_server(output: IO[bytes] | None = None, **env: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """`python -m service` on a free loopback port, ready to answer; its stdout and stderr go to `output`
+    when given."""
     port = free_port()
     settings = {
         "LOSSD_HOST": "127.0.0.1",
@@ -36,7 +38,8 @@ def start_server(**env: str) -> tuple[str, subprocess.Popen[bytes]]:
         "LOSSD_DEVICE": wire.DEVICE,
         "LOSSD_LOG_LEVEL": "warning",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=os.environ | settings | env)
+    argv = [sys.executable, "-m", "service"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=os.environ | settings | env, stdout=output, stderr=output)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

@@ -7,15 +7,12 @@ Every number is compared with `torch.nn.functional` computed here (bit for bit o
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 import httpx
@@ -32,7 +29,7 @@ from service.rpc import grpc_service_pb2 as pb
 from service.rpc import grpc_service_pb2_grpc as pb_grpc
 from tests import wire
 from tests.cases import CASES, FUNCTIONAL, Case, randint, randn, reference
-from tests.e2e.conftest import ROOT, free_port, start_server, stop_server
+from tests.e2e.conftest import free_port, start_server, stop_server
 
 LIMIT = 16 * 2**20
 """The module server's LOSSD_GRPC_MAX_MESSAGE_BYTES."""
@@ -45,9 +42,9 @@ NUMPY = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64}
 class Server:
     """A running lossd with gRPC: its HTTP base URL, gRPC address, process and a stub over one channel."""
 
-    def __init__(self, **env: str):
+    def __init__(self, output: IO[bytes] | None = None, **env: str):
         self.port = free_port()
-        self.url, self.proc = start_server(LOSSD_GRPC_PORT=str(self.port), **env)
+        self.url, self.proc = start_server(output, LOSSD_GRPC_PORT=str(self.port), **env)
         self.address = f"127.0.0.1:{self.port}"
         self.channel = grpc.insecure_channel(self.address, options=UNLIMITED)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
@@ -418,35 +415,8 @@ def test_metrics_count_grpc_calls(server: Server) -> None:
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
     """A server with API keys, logging each request at info (its stderr in a file)."""
     log = tmp_path_factory.mktemp("grpc") / "stderr.log"
-    port, http_port = free_port(), free_port()
-    env = os.environ | {
-        "LOSSD_HOST": "127.0.0.1",
-        "LOSSD_PORT": str(http_port),
-        "LOSSD_GRPC_PORT": str(port),
-        "LOSSD_DEVICE": wire.DEVICE,
-        "LOSSD_LOG_LEVEL": "info",
-        "LOSSD_API_KEYS": "key-one,key-two",
-        "LOSSD_DRAIN_TIMEOUT_S": "20",
-    }
     with log.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env, stderr=sink, stdout=sink)
-    s = Server.__new__(Server)
-    s.port, s.proc, s.url, s.address = port, proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{port}"
-    s.channel = grpc.insecure_channel(s.address, options=UNLIMITED)
-    s.stub = pb_grpc.GRPCInferenceServiceStub(s.channel)
-    health = health_pb2_grpc.HealthStub(s.channel)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if (
-                health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                == health_pb2.HealthCheckResponse.SERVING
-            ):
-                break
-        except grpc.RpcError:
-            assert proc.poll() is None
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        s = Server(sink, LOSSD_LOG_LEVEL="info", LOSSD_API_KEYS="key-one,key-two", LOSSD_DRAIN_TIMEOUT_S="20")
     try:
         yield s, log
     finally:
