@@ -9,13 +9,10 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tests import wire
+from tests.e2e.chromium import dump_dom
 from tests.e2e.conftest import start_server, stop_server
 
 KEY = "secret-key"
@@ -89,8 +87,6 @@ async function call([path, body]) {
 </body></html>
 """
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
 
 @dataclass(frozen=True)
 class Lossd:
@@ -151,33 +147,13 @@ def lossd(request: pytest.FixtureRequest, page_origin: str) -> Iterator[Lossd]:
 @pytest.fixture(scope="module")
 def browser(lossd: Lossd, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Every call of CALLS as the page saw it, from one headless Chromium run per server configuration."""
-    if CHROMIUM is None:
-        pytest.fail("chromium is not on PATH: run `make install-dev` (as root it installs Debian's chromium)")
     query = {"api": lossd.url, "calls": json.dumps(CALLS)}
     if lossd.key:
         query["key"] = lossd.key
     page = f"{lossd.origin}/cors.html?{urlencode(query)}"
-    profile: Path = tmp_path_factory.mktemp("chromium")
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-extensions",
-        "--disable-background-networking",
-        "--disable-component-update",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=20000",
-        "--dump-dom",
-        page,
-    ]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=90)
-    assert run.returncode == 0, f"chromium exited with {run.returncode}: {run.stderr[-2000:]}"
-    found = re.search(r'<pre id="out"[^>]*\bdata-done="done"[^>]*>(.*?)</pre>', run.stdout, re.DOTALL)
-    assert found, f"the page did not finish; chromium printed: {run.stdout[-2000:]} {run.stderr[-2000:]}"
+    dom = dump_dom(page, tmp_path_factory.mktemp("chromium"))
+    found = re.search(r'<pre id="out"[^>]*\bdata-done="done"[^>]*>(.*?)</pre>', dom, re.DOTALL)
+    assert found, f"the page did not finish; chromium printed: {dom[-2000:]}"
     out = json.loads(html.unescape(found.group(1)))
     assert out["origin"] == lossd.origin
     assert out["origin"] != lossd.url.rstrip("/"), "the page must be cross-origin to lossd"
