@@ -11,10 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Everything an operator can tune. Each field is `LOSSD_<NAME>` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="LOSSD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LOSSD_", extra="ignore", use_attribute_docstrings=True)
 
     host: str = "127.0.0.1"
-    """Interface to bind. Use 0.0.0.0 inside a container."""
+    """Interface to bind (`0.0.0.0` in a container, where the image sets it)."""
 
     port: int = Field(8000, ge=0, le=65535)
     """TCP port to listen on."""
@@ -24,27 +24,30 @@ class Settings(BaseSettings):
     checks and reflection) on the same interface; 0 turns gRPC off. With several workers, they share the port."""
 
     grpc_max_message_bytes: int | None = Field(None, ge=1024)
-    """Largest gRPC request message accepted (RESOURCE_EXHAUSTED beyond). Unset: `max_body_bytes`, rather than
-    gRPC's own default of 4 MiB."""
+    """Largest gRPC request message accepted (RESOURCE_EXHAUSTED beyond). Unset: `LOSSD_MAX_BODY_BYTES`, rather
+    than gRPC's own default of 4 MiB."""
 
     grpc_max_concurrent_rpcs: int = Field(32, ge=1)
     """gRPC calls (a stream counts as one) served at once per worker; more are refused with RESOURCE_EXHAUSTED.
     Health checks are apart (16 more). gRPC receives each message whole before lossd sees it, so this (plus the
-    16) times `grpc_max_message_bytes` bounds the memory gRPC requests can hold."""
+    16) times `LOSSD_GRPC_MAX_MESSAGE_BYTES` bounds the memory gRPC requests can hold."""
 
     grpc_stream_idle_s: float = Field(60.0, gt=0)
     """A `ModelStreamInfer` stream that sends no request for this long is ended (DEADLINE_EXCEEDED), so that idle
-    streams do not hold the calls of `grpc_max_concurrent_rpcs` forever."""
+    streams do not hold the calls of `LOSSD_GRPC_MAX_CONCURRENT_RPCS` forever."""
 
     device: str = "auto"
-    """Where losses run: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    """Where losses run: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`; an unavailable CUDA
+    device fails start-up."""
 
     workers: int = Field(1, ge=1)
-    """Worker processes; above 1 they run under gunicorn (metrics summed over all workers). Each holds its own
-    copy of torch (and CUDA context)."""
+    """Worker processes. Above 1 they run under gunicorn: `/metrics` then sums every worker (through
+    prometheus-client's multiprocess files in a private temporary folder), every limit and queue counts per
+    worker, in-process sessions need `LOSSD_REDIS_URL` (501 without), and each worker holds its own copy of torch
+    (about 250 MB) and CUDA context. On SIGTERM every worker turns not ready and drains."""
 
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
-    """Log level for the service and uvicorn."""
+    """Log level for the service and uvicorn: `critical`, `error`, `warning`, `info`, `debug` or `trace`."""
 
     access_log: bool = True
     """One JSON line per request on stderr (at log level info and below), written in batches every 50 ms."""
@@ -55,7 +58,8 @@ class Settings(BaseSettings):
     lossd has its own Prometheus metrics and access log, and the check costs every request a few microseconds."""
 
     max_concurrency: int = Field(4, ge=1)
-    """Requests decoded and computed at the same time per worker, in threads (the rest wait their turn)."""
+    """Requests decoded and computed at the same time per worker, in threads off the event loop (the rest wait
+    their turn)."""
 
     max_queue: int = Field(32, ge=0)
     """Requests that may wait for a compute slot (a gradient request counts twice); beyond, 503 at once."""
@@ -111,15 +115,16 @@ class Settings(BaseSettings):
 
     isolate_work_bytes: int = Field(64 * 2**20, ge=0)
     """Computations predicted to build more than this run in a worker process, which is killed (and
-    replaced) on timeout or when it passes `worker_memory_bytes`; smaller ones run in threads. 0 sends
+    replaced) on timeout or when it passes `LOSSD_WORKER_MEMORY_BYTES`; smaller ones run in threads. 0 sends
     everything that leaves the event loop to the worker processes."""
 
     worker_memory_bytes: int = Field(0, ge=0)
     """Memory a worker process may use beyond what it held when idle; past it, the process is killed and
-    the request answered 503. 0: twice `max_work_bytes`."""
+    the request answered 503. 0: twice `LOSSD_MAX_WORK_BYTES`."""
 
     max_connections: int = Field(1024, ge=1)
-    """Open client connections per worker process; connections beyond are closed at once."""
+    """Open client connections per worker process. At the limit, the connection waiting longest on its client
+    makes room (408); when every connection is busy, the new one gets a 503 and is closed."""
 
     read_timeout_s: float = Field(30.0, gt=0)
     """Longest a client may take to send a request's head and body, from its first byte (408 beyond, or

@@ -1,7 +1,8 @@
-"""`python -m service.docs`: regenerate the generated parts of README.md from the registry.
+"""`python -m service.docs`: regenerate the generated tables of the documentation.
 
-The README's loss table sits between two markers; this module writes it from the declarations, and a
-test fails when the committed README differs from what it would write.
+README.md's loss table is written from the registry's declarations, and docs/configuration.md's settings table
+from `Settings` (each field's name, default and docstring). Each sits between two markers; a test fails when a
+committed file differs from what this module would write.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ import re
 import sys
 from pathlib import Path
 
+from pydantic.fields import FieldInfo
+
+from service.config import Settings
 from service.losses import REGISTRY
 from service.losses.registry import LossSpec
 
-START, END = "<!-- losses:start -->", "<!-- losses:end -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 
 
 def _tensors(spec: LossSpec) -> str:
@@ -49,12 +54,44 @@ def loss_table() -> str:
     return "\n".join(rows)
 
 
-def render(readme: str) -> str:
-    """`readme` with its generated table replaced by the current one."""
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    return pattern.sub(lambda _: f"{START}\n{loss_table()}\n{END}", readme)
+def _default(name: str, field: FieldInfo) -> str:
+    value = field.default
+    if value is None:
+        return "unset"
+    if value == "":
+        return "empty"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if name.endswith("_bytes") and isinstance(value, int) and value >= 1 << 20 and value % (1 << 20) == 0:
+        size = f"{value >> 30} GiB" if value % (1 << 30) == 0 else f"{value >> 20} MiB"
+        return f"`{value}` ({size})"
+    return f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
+
+
+def config_table() -> str:
+    """The markdown table of every setting: its variable, default and meaning (the field's docstring)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = " ".join((field.description or "").split())
+        assert meaning, f"Settings.{name} has no docstring"
+        rows.append(f"| `LOSSD_{name.upper()}` | {_default(name, field)} | {meaning} |")
+    return "\n".join(rows)
+
+
+TABLES = {README: ("losses", loss_table), CONFIGURATION: ("settings", config_table)}
+"""Each generated file: its markers' name and what writes the table between them."""
+
+
+def render(path: Path, text: str) -> str:
+    """`text` (the content of `path`) with its generated table replaced by the current one."""
+    marker, table = TABLES[path]
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    assert pattern.search(text), f"{path} has no {start} ... {end} markers"
+    return pattern.sub(lambda _: f"{start}\n{table()}\n{end}", text)
 
 
 if __name__ == "__main__":
-    README.write_text(render(README.read_text()))
-    sys.stdout.write(f"wrote the loss table of {len(REGISTRY)} losses to {README}\n")
+    for path in TABLES:
+        path.write_text(render(path, path.read_text()))
+        sys.stdout.write(f"wrote {path.relative_to(ROOT)}\n")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.docs import render
+from service.docs import README, render
 from service.losses import REGISTRY
 from service.openapi import document
 from tests import wire
@@ -130,6 +130,6 @@ def test_committed_openapi_is_current() -> None:
 
 
 def test_readme_loss_table_is_current() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert render(readme) == readme, "README.md's loss table is stale: run `make docs`"
+    readme = README.read_text()
+    assert render(README, readme) == readme, "README.md's loss table is stale: run `make docs`"
     assert all(f"| `{spec.name}` |" in readme for spec in REGISTRY)
