@@ -497,18 +497,33 @@ def _shape(shape: Any, name: str, limits: Limits) -> list[int]:
 
 
 def _cast(t: Tensor, dtype: torch.dtype, loc: Loc) -> Tensor:
-    """Convert JSON-read values to a declared dtype, refusing values that dtype cannot hold."""
-    if not dtype.is_floating_point:
-        low, high = (0, 1) if dtype == torch.bool else (torch.iinfo(dtype).min, torch.iinfo(dtype).max)
-        bad = (t < low) | (t > high)
-        if t.is_floating_point():
-            bad |= ~torch.isfinite(t) | (t != t.trunc())
+    """Convert JSON-read values to a declared dtype, refusing values that dtype cannot hold: integers out of its
+    range, and finite numbers that torch's conversion to a floating dtype makes infinite (IEEE rounding: past the
+    largest value by half a step or more; 65519 rounds to float16's 65504, 65520 to infinity). Found in one pass
+    over the converted tensor, never per element. "Infinity" sent as such stays infinite."""
+    if dtype.is_floating_point:
+        out = t.to(dtype)
+        if out.dtype == t.dtype or not bool(torch.isinf(out).any()):  # the common case: one pass, nothing else
+            return out
+        bad = torch.isinf(out) & torch.isfinite(t)
         if bool(bad.any()):
-            where = tuple(int(i) for i in torch.nonzero(bad.reshape(-1))[0])
+            index = int(torch.nonzero(bad.reshape(-1))[0, 0])
+            value, largest = t.reshape(-1)[index].item(), torch.finfo(dtype).max
             raise InvalidTensor(
-                f"value {t.reshape(-1)[where].item()} at index {where[0]} is not a {DTYPE_NAMES[dtype]}",
-                loc=(*loc, *where),
+                f"value {value} at index {index} exceeds the range of {DTYPE_NAMES[dtype]} (max {largest:.8g})",
+                loc=(*loc, index),
             )
+        return out
+    low, high = (0, 1) if dtype == torch.bool else (torch.iinfo(dtype).min, torch.iinfo(dtype).max)
+    bad = (t < low) | (t > high)
+    if t.is_floating_point():
+        bad |= ~torch.isfinite(t) | (t != t.trunc())
+    if bool(bad.any()):
+        where = tuple(int(i) for i in torch.nonzero(bad.reshape(-1))[0])
+        raise InvalidTensor(
+            f"value {t.reshape(-1)[where].item()} at index {where[0]} is not a {DTYPE_NAMES[dtype]}",
+            loc=(*loc, *where),
+        )
     return t.to(dtype)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -113,7 +113,7 @@ class DataPlane:
 
     def loss(self, spec: LossSpec, body: bytes) -> Job[bytes]:
         """Read one `POST /v1/losses/{name}` body; the job returns the JSON response body."""
-        request = self.validate(self.models[spec.name], _json_object(body))
+        request = self.validate(self.models[spec.name], _json_object(body), spec)
         for arg in spec.tensors:
             if arg.required and getattr(request, arg.name) is None:
                 raise InvalidRequest(f"{arg.name} is required and cannot be null", loc=(arg.name,))
@@ -202,7 +202,8 @@ class DataPlane:
             return exc
 
         try:
-            params = self.validate(self.models[spec.name], defaults | extra | dict.fromkeys(given, True))
+            payload = defaults | extra | dict.fromkeys(given, True)
+            params = self.validate(self.models[spec.name], payload, spec, hide=args)
             raw = {arg.name: pool.raw(given[arg.name], arg.kind) for arg in spec.tensors if arg.name in given}
             job = self.plan(spec, params, raw, pool, groups=groups)
         except LossdError as exc:
@@ -255,7 +256,13 @@ class DataPlane:
                     loc=("from_states", 0, "losses"),
                 )
         else:
-            losses = self.session_losses([entry.model_dump(exclude_none=True) for entry in request.losses or []])
+            # a null parameter is validated as sent (as in /v1/losses: null is no parameter's default); only an
+            # absent `tensors` is left out
+            dumped = [
+                entry.model_dump(exclude={"tensors"} if entry.tensors is None else set())
+                for entry in request.losses or []
+            ]
+            losses = self.session_losses(dumped)
         new = NewSession(losses, request.ttl_s, merged)
         return Job(len(body) // 64, 0, 0, lambda execute: new, self.run_here)
 
@@ -274,7 +281,7 @@ class DataPlane:
                 raise InvalidRequest("a loss entry is an object with a name and parameters", loc=here)
             spec = self._entry_spec(entry, here)
             try:
-                params = self.validate(spec.params, entry.model_extra or {})
+                params = self.validate(spec.params, entry.model_extra or {}, spec)
             except LossdError as exc:
                 exc.errors = [ErrorDetail((*here, *d.loc), d.msg) for d in exc.errors]
                 raise
@@ -391,12 +398,17 @@ class DataPlane:
         return self.limits.request([r.tensor.numel() for r in raw.values()])
 
     @staticmethod
-    def validate(model: type[BaseModel], payload: dict[str, Any]) -> Any:
-        """`payload` validated by `model`; a failure is an InvalidRequest naming each field."""
+    def validate(
+        model: type[BaseModel], payload: dict[str, Any], spec: LossSpec | None = None, hide: Collection[str] = ()
+    ) -> Any:
+        """`payload` validated by `model` (the request or parameters of loss `spec`, when given); a failure is an
+        InvalidRequest naming each field, an unknown one with the close names of `model`'s fields but `hide`,
+        torch's deprecated `size_average` and `reduce` with the reduction they stand for."""
         try:
             return model.model_validate(payload)
         except ValidationError as exc:
-            raise schemas.invalid_request(exc) from None
+            legacy = payload if spec is not None and spec.legacy_reduction else None
+            raise schemas.invalid_request(exc, model, legacy=legacy, hide=hide) from None
 
 
 class _Pool:

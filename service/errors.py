@@ -8,11 +8,27 @@ element of `target`, `("beta",)` the parameter `beta`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 Loc = tuple[str | int, ...]
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 5) -> list[str]:
+    """The candidates closest to `word` (a misspelt loss or field name), best first: difflib's, cutoff 0.6."""
+    return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)
+
+
+def did_you_mean(suggestions: Sequence[str]) -> str:
+    """`; did you mean 'a', 'b'?` to end a message with close matches, or nothing when there are none."""
+    return f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+
+
+def quoted(name: str, limit: int = 100) -> str:
+    """A name from the request, quoted: whole up to `limit` characters, else its start and its length."""
+    return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
 
 
 @dataclass(frozen=True)
@@ -85,9 +101,7 @@ class UnknownLoss(NotFound):
     title = "Unknown loss"
 
     def __init__(self, name: str, suggestions: Sequence[str]):
-        hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}... ({len(name)} characters)"
-        super().__init__(f"no loss named {shown}{hint}", loc=("name",))
+        super().__init__(f"no loss named {quoted(name)}{did_you_mean(suggestions)}", loc=("name",))
         self.name = name
         self.suggestions = list(suggestions)
 

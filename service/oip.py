@@ -171,7 +171,9 @@ def plan(
             raise InvalidRequest(f"output {name!r} needs input {name[5:]!r}, which the request does not give")
     fields = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS and not k.startswith("triton_")}
     fields |= {"return_grad": [name[5:] for name in wanted if name != "loss"]} | dict.fromkeys(raw, True)
-    params = plane.validate(plane.models[spec.name], fields)
+    # the inputs and the outputs asked for stand for the tensor fields and return_grad: no parameters to suggest
+    hidden = {arg.name for arg in spec.tensors} | {"return_grad"}
+    params = plane.validate(plane.models[spec.name], fields, spec, hide=hidden)
     return plane.plan(spec, params, raw, output_encoding=output_encoding)
 
 

@@ -8,13 +8,22 @@ numbers in one C call instead of pydantic validating them one by one.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import types
+from collections.abc import Collection, Mapping
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
 
 from service.codec import DTYPES
-from service.errors import ErrorDetail, InvalidRequest
-from service.losses.registry import LossParams, LossSpec, TensorKind
+from service.errors import ErrorDetail, InvalidRequest, close_matches, did_you_mean, quoted
+from service.losses.registry import (
+    LEGACY_REDUCTION_ARGS,
+    LossParams,
+    LossSpec,
+    Reduction,
+    TensorKind,
+    legacy_reduction,
+)
 
 GRAD_NOTE = (
     "Gradients of reduction 'none' are taken with an upstream gradient of ones "
@@ -236,17 +245,30 @@ class BatchResponse(BaseModel):
     results: list[SessionResult] = Field(description="This batch's own loss values and stats.")
 
 
-def invalid_request(exc: ValidationError) -> InvalidRequest:
-    """A pydantic validation failure as a domain error, one detail per failing field."""
-    found = [(_field_loc(e["loc"]), _message(e)) for e in exc.errors(include_url=False)]
+def invalid_request(
+    exc: ValidationError,
+    model: type[BaseModel] | None = None,
+    *,
+    legacy: Mapping[str, Any] | None = None,
+    hide: Collection[str] = (),
+) -> InvalidRequest:
+    """A pydantic validation failure of `model` as a domain error, one detail per failing field.
+
+    An unknown field is named, with the close names of the fields `model` has at its place (but `hide`, top-level
+    fields that are no parameters where the payload comes from); `legacy` is the payload of a loss whose torch
+    function takes the deprecated `size_average` and `reduce`: sending either says what `reduction` to send.
+    """
+    errors = exc.errors(include_url=False)
+    found = [_field_loc(e["loc"]) for e in errors]
     # A union (return_grad: bool | list) fails once per member; keep the deepest, most specific failure (in time
-    # linear in the errors: a body of 100,000 unknown fields is 100,000 errors).
-    shallower = {loc[:k] for loc, _ in found for k in range(len(loc))}
-    details = [ErrorDetail(loc, msg) for loc, msg in found if loc not in shallower]
+    # linear in the errors: a body of 100,000 unknown fields is 100,000 errors, of which only the kept are worded).
+    shallower = {loc[:k] for loc in found for k in range(len(loc))}
+    kept = [(loc, error) for loc, error in zip(found, errors, strict=True) if loc not in shallower]
+    details = [ErrorDetail(loc, _message(error, loc, model, legacy, hide)) for loc, error in kept[:MAX_ERRORS]]
     summary = "; ".join(f"{'.'.join(map(str, d.loc)) or 'body'}: {d.msg}" for d in details[:5])
-    if len(details) > MAX_ERRORS:
-        summary += f" (and {len(details) - 5} more; the first {MAX_ERRORS} are in `errors`)"
-    return InvalidRequest(f"the request does not match the loss's schema: {summary}", errors=details[:MAX_ERRORS])
+    if len(kept) > MAX_ERRORS:
+        summary += f" (and {len(kept) - 5} more; the first {MAX_ERRORS} are in `errors`)"
+    return InvalidRequest(f"the request does not match the loss's schema: {summary}", errors=details)
 
 
 MAX_ERRORS = 100
@@ -261,10 +283,75 @@ def _field_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
 _UNION_TAGS = {"bool", "int", "float", "str", "list", "dict"}
 
 
-def _message(error: Any) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown field (not an argument or parameter of this loss)"
-    return str(error["msg"])
+def _message(
+    error: Any,
+    loc: tuple[int | str, ...],
+    model: type[BaseModel] | None,
+    legacy: Mapping[str, Any] | None,
+    hide: Collection[str],
+) -> str:
+    if error["type"] != "extra_forbidden" or not loc or not isinstance(loc[-1], str):
+        return str(error["msg"])
+    name = loc[-1]
+    if legacy is not None and loc == (name,) and name in LEGACY_REDUCTION_ARGS:
+        return _legacy_message(legacy, model)
+    fields = [f for f in _fields_at(model, loc[:-1]) if not (len(loc) == 1 and f in hide)]
+    suggestions = close_matches(name, fields, n=3) if len(name) <= 100 else []
+    if suggestions:
+        return f"unknown field {quoted(name)}{did_you_mean(suggestions)}"
+    if model is not None and len(loc) == 1 and issubclass(model, LossParams):
+        return f"unknown field {quoted(name)} (not an argument or parameter of this loss)"
+    return f"unknown field {quoted(name)}"
+
+
+def _legacy_message(payload: Mapping[str, Any], model: type[BaseModel] | None) -> str:
+    """What to send instead of torch's deprecated `size_average` and `reduce`: the reduction torch computes from
+    them (`registry.legacy_reduction`), when both are booleans or null."""
+    head = "size_average and reduce are deprecated in torch"
+    values = [payload.get(name) for name in LEGACY_REDUCTION_ARGS]
+    field = model.model_fields.get("reduction") if model is not None else None
+    reductions = get_args(field.annotation) if field is not None else get_args(Reduction)
+    if not all(v is None or isinstance(v, bool) for v in values):
+        choices = ", ".join(f'"{r}"' for r in reductions[:-1]) + f' or "{reductions[-1]}"'
+        return f'{head} (true, false or null); send "reduction" ({choices}) instead'
+    given = payload.get("reduction", "mean")
+    reduction = legacy_reduction(values[0], values[1], given if given in reductions else "mean")
+    return f'{head}; send "reduction": "{reduction}" instead'
+
+
+def _fields_at(model: type[BaseModel] | None, path: tuple[int | str, ...]) -> list[str]:
+    """The field names of the model at `path` inside `model` (through fields, list items and dict values), or []
+    where no model is there."""
+    node: Any = model
+    for part in path:
+        node = next((step for arg in _members(node) if (step := _step(arg, part)) is not None), None)
+        if node is None:
+            return []
+    found = [arg for arg in _members(node) if isinstance(arg, type) and issubclass(arg, BaseModel)]
+    return list(found[0].model_fields) if found else []
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types a value of `annotation` may have: the members of a union, `Annotated` unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return [member for arg in get_args(annotation) for member in _members(arg)]
+    return [annotation]
+
+
+def _step(annotation: Any, part: int | str) -> Any:
+    """The annotation of what `part` selects in a value of `annotation`, or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(part) if isinstance(part, str) else None
+        return field.annotation if field is not None else None
+    origin, args = get_origin(annotation), get_args(annotation)
+    if isinstance(part, int) and origin is list and args:
+        return args[0]
+    if isinstance(part, str) and origin is dict and len(args) == 2:
+        return args[1]
+    return None
 
 
 class LossResponse(BaseModel):

@@ -11,7 +11,6 @@ its mean and sum decompose into sufficient statistics that add up over batches (
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from service.errors import UnknownLoss
+from service.errors import UnknownLoss, close_matches
 
 Reduction = Literal["none", "mean", "sum"]
 
@@ -305,6 +304,9 @@ class LossSpec:
     aliases: tuple[str, ...] = ()
     cost_model: CostModel = broadcast_cost
     stats: StatsRule = MEAN_OF_ELEMENTS
+    legacy_reduction: bool = False
+    """torch's function takes the deprecated `size_average` and `reduce` (`takes_legacy_reduction`): a request
+    sending either is told the `reduction` they stand for (`legacy_reduction`)."""
 
     def cost(self, shapes: Shapes, params: Any, grads: int = 0) -> Cost:
         """What a call with tensors of `shapes` will build (see `CostModel`)."""
@@ -331,6 +333,26 @@ class LossSpec:
         """Run the loss: tensors by torch name (absent optional ones are None), then the parameters."""
         kwargs = {arg.name: tensors.get(arg.name) for arg in self.tensors}
         return self.fn(**kwargs, p=params)
+
+
+LEGACY_REDUCTION_ARGS = ("size_average", "reduce")
+"""torch's deprecated arguments that stand for a `reduction` (most `*_loss` functions still take them)."""
+
+
+def takes_legacy_reduction(torch_ref: str) -> bool:
+    """Whether the `torch.nn.functional` function `torch_ref` takes `size_average` and `reduce`."""
+    module, _, name = torch_ref.rpartition(".")
+    fn = getattr(torch.nn.functional, name, None) if module == "torch.nn.functional" else None
+    return fn is not None and set(LEGACY_REDUCTION_ARGS) <= set(inspect.signature(fn).parameters)
+
+
+def legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str = "mean") -> str:
+    """The reduction torch computes when given `size_average` and `reduce` (None: not given) besides `reduction`:
+    torch's own `legacy_get_string` (reduce false: 'none'; else size_average false: 'sum'; else 'mean') when
+    either is given; `reduction` as it is when neither is."""
+    if size_average is None and reduce is None:
+        return reduction
+    return torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=False)
 
 
 @dataclass
@@ -390,6 +412,7 @@ class Registry:
                     aliases=tuple(aliases),
                     cost_model=cost,
                     stats=stats,
+                    legacy_reduction=takes_legacy_reduction(torch_ref),
                 )
             )
             return fn
@@ -400,7 +423,7 @@ class Registry:
         """The loss called `name` or one of its aliases, in any case."""
         spec = self._index.get(name.lower())
         if spec is None:
-            close = difflib.get_close_matches(name.lower(), list(self._index), n=5, cutoff=0.6)
+            close = close_matches(name.lower(), self._index)
             raise UnknownLoss(name, list(dict.fromkeys(self._index[key].name for key in close))[:3])
         return spec
 

@@ -456,3 +456,24 @@ def test_arrays_longer_than_simdjson_counts_are_read_whole() -> None:
         assert len(value["input"]) == n
     with pytest.raises(InvalidTensor):
         codec.decode_tensor(codec.loads(b'{"input": [' + b"0," * (n - 1) + b"{}]}")["input"], "input")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_a_number_past_a_float_dtype_is_found_among_many(dtype: torch.dtype) -> None:
+    """One value past the dtype's range among a million is found and located, in every JSON form that declares
+    a dtype; torch's conversion of the same value is infinite, and of the values before it finite."""
+    values = np.linspace(-1.0, 1.0, 1_000_000)
+    values[876_543] = torch.finfo(dtype).max * 4
+    assert torch.from_numpy(values).to(dtype).isinf().nonzero().flatten().tolist() == [876_543]
+    name = wire.NAMES[dtype]
+    with pytest.raises(InvalidTensor) as info:
+        codec.decode_tensor({"data": values.tolist(), "dtype": name}, "input")
+    assert info.value.errors[0].loc == ("input", "data", 876_543)
+    assert f"exceeds the range of {name} (max {torch.finfo(dtype).max:.8g})" in info.value.detail
+    datatype = {torch.float16: "FP16", torch.bfloat16: "BF16", torch.float32: "FP32"}[dtype]
+    with pytest.raises(InvalidTensor) as info:
+        codec.decode_v2("input", datatype, [1000, 1000], values.reshape(1000, 1000).tolist(), None)
+    assert info.value.errors[0].loc == ("input", "data", 876_543)
+    values[876_543] = torch.finfo(dtype).max
+    decoded = codec.decode_tensor({"data": values.tolist(), "dtype": name}, "input").tensor
+    assert torch.equal(decoded, torch.from_numpy(values).to(dtype))
