@@ -27,6 +27,7 @@ import simdjson
 import torch
 from torch import Tensor
 
+from service import compute
 from service.compute import RawTensor
 from service.errors import (
     InvalidRequest,
@@ -413,7 +414,7 @@ def _decode_flat(obj: dict[str, Any], name: str, limits: Limits) -> RawTensor:
         raise InvalidTensor(f"{name}.data must be a flat array; put the dimensions in 'shape'", loc=(name, "data"))
     tensor = _reshape(flat, _shape(obj.get("shape", list(flat.shape)), name, limits), name)
     if "dtype" not in obj:
-        return RawTensor(tensor, typed=False)
+        return RawTensor(tensor, typed=False, flat=True)
     return RawTensor(_cast(tensor, _dtype(obj["dtype"], name), (name, "data")), typed=True)
 
 
@@ -498,22 +499,10 @@ def _shape(shape: Any, name: str, limits: Limits) -> list[int]:
 
 def _cast(t: Tensor, dtype: torch.dtype, loc: Loc) -> Tensor:
     """Convert JSON-read values to a declared dtype, refusing values that dtype cannot hold: integers out of its
-    range, and finite numbers that torch's conversion to a floating dtype makes infinite (IEEE rounding: past the
-    largest value by half a step or more; 65519 rounds to float16's 65504, 65520 to infinity). Found in one pass
-    over the converted tensor, never per element. "Infinity" sent as such stays infinite."""
+    range, and finite numbers that torch's conversion to a floating dtype makes infinite (`compute.refuse_overflow`,
+    the same check untyped numbers get in the dtype they take)."""
     if dtype.is_floating_point:
-        out = t.to(dtype)
-        if out.dtype == t.dtype or not bool(torch.isinf(out).any()):  # the common case: one pass, nothing else
-            return out
-        bad = torch.isinf(out) & torch.isfinite(t)
-        if bool(bad.any()):
-            index = int(torch.nonzero(bad.reshape(-1))[0, 0])
-            value, largest = t.reshape(-1)[index].item(), torch.finfo(dtype).max
-            raise InvalidTensor(
-                f"value {value} at index {index} exceeds the range of {DTYPE_NAMES[dtype]} (max {largest:.8g})",
-                loc=(*loc, index),
-            )
-        return out
+        return compute.refuse_overflow(t, t.to(dtype), loc)
     low, high = (0, 1) if dtype == torch.bool else (torch.iinfo(dtype).min, torch.iinfo(dtype).max)
     bad = (t < low) | (t > high)
     if t.is_floating_point():

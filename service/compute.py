@@ -6,6 +6,8 @@ a worker thread; nothing here touches the event loop or HTTP.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -13,7 +15,15 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from service.errors import DeviceFailure, DtypeMismatch, ResourceExhausted, ShapeMismatch, TorchRejected
+from service.errors import (
+    DeviceFailure,
+    DtypeMismatch,
+    InvalidTensor,
+    Loc,
+    ResourceExhausted,
+    ShapeMismatch,
+    TorchRejected,
+)
 from service.losses import checks
 from service.losses.registry import LossParams, LossSpec, LossTotals, TensorArg, TensorKind, Terms, Totals
 
@@ -31,6 +41,9 @@ class RawTensor:
 
     tensor: Tensor
     typed: bool
+    flat: bool = False
+    """Read from a flat `data` array: an element is at `(name, "data", flat index)` in the request, not at its
+    index in nested arrays."""
 
 
 @dataclass
@@ -57,6 +70,51 @@ def resolve_device(name: str) -> torch.device:
             raise RuntimeError(f"LOSSD_DEVICE={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
         return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
     return device
+
+
+@functools.cache
+def narrows(source: torch.dtype, target: torch.dtype) -> bool:
+    """Whether converting numbers of dtype `source` to `target` can make a finite one infinite: `target` is
+    floating and its range smaller than `source`'s (float64 to float32, float16 or bfloat16; int64 to float16)."""
+    if not target.is_floating_point or source == torch.bool:
+        return False
+    largest = torch.finfo(source).max if source.is_floating_point else torch.iinfo(source).max
+    return largest > torch.finfo(target).max
+
+
+def refuse_overflow(source: Tensor, converted: Tensor, loc: Loc, *, flat: bool = True, note: str = "") -> Tensor:
+    """`converted` (`source` converted to a floating dtype by torch), unless the conversion made a finite number
+    infinite (IEEE rounding: past the largest value by half a step or more; 65519 rounds to float16's 65504, 65520
+    to infinity): that is an InvalidTensor at the first such element, saying the dtype's largest value (and `note`,
+    where the dtype came from). Costs one reduction over `converted` (`_all_finite`) only when the conversion
+    `narrows`, and a second pass only when it holds an infinity or NaN; never a Python loop. "Infinity" sent as
+    such stays infinite.
+
+    `loc`: where `source`'s numbers are in the request; the element is at its flat index in it (`flat`, a `data`
+    array), else at its index in nested arrays."""
+    if not narrows(source.dtype, converted.dtype) or _all_finite(converted):
+        return converted  # the common case: one reduction at most, nothing else
+    bad = torch.isinf(converted) & torch.isfinite(source)
+    if not bool(bad.any()):
+        return converted
+    index = int(torch.nonzero(bad.reshape(-1))[0, 0])
+    where = (index,) if flat else checks.first_index(bad)
+    at = "" if not where else f" at index {where[0] if len(where) == 1 else list(where)}"
+    value, largest = source.reshape(-1)[index].item(), torch.finfo(converted.dtype).max
+    raise InvalidTensor(
+        f"value {value}{at} exceeds the range of {checks.dtype_name(converted)} (max {largest:.8g}){note}",
+        loc=(*loc, *where),
+    )
+
+
+def _all_finite(t: Tensor) -> bool:
+    """Whether floating `t` holds no infinity nor NaN: its least and greatest elements are finite. One reduction,
+    nothing allocated: on one thread, 0.3 ms for a million float32 elements (`isinf(t).any()`: 2 ms) and 2.5 us for
+    one (6 us)."""
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return math.isfinite(low.item()) and math.isfinite(high.item())
 
 
 Cast = Callable[[Tensor, torch.dtype], Tensor]
@@ -134,7 +192,26 @@ def prepare_indices(name: str, raw: RawTensor) -> Tensor:
     return _as_indices(name, raw, _cast)
 
 
-def _as_floats(name: str, raw: RawTensor, dtype: torch.dtype, cast: Cast) -> Tensor:
+DEFAULT_FLOAT = torch.float32
+"""The dtype of untyped floating arguments when no floating argument declares one."""
+
+
+@dataclass(frozen=True)
+class FloatDtype:
+    """The dtype untyped floating arguments take: that of the first floating argument declaring one (`source`),
+    else `DEFAULT_FLOAT`."""
+
+    dtype: torch.dtype = DEFAULT_FLOAT
+    source: str | None = None
+
+    def note(self, name: str) -> str:
+        """Where argument `name`'s dtype came from, to end a message about it."""
+        if self.source is None:
+            return ", the default dtype of untyped numbers"
+        return f", the dtype `{name}` takes from `{self.source}`"
+
+
+def _as_floats(name: str, raw: RawTensor, float_dtype: FloatDtype, cast: Cast) -> Tensor:
     t = raw.tensor
     if raw.typed and t.dtype != torch.bool:  # booleans (0/1 labels) take the float dtype like untyped numbers
         if not t.is_floating_point():
@@ -143,15 +220,21 @@ def _as_floats(name: str, raw: RawTensor, dtype: torch.dtype, cast: Cast) -> Ten
                 loc=(name,),
             )
         return t
-    return cast(t, dtype)
+    converted = cast(t, float_dtype.dtype)
+    if not narrows(t.dtype, converted.dtype):
+        return converted
+    # a finite number the client sent never silently becomes infinite in the dtype lossd reads it as
+    loc = (name, "data") if raw.flat else (name,)
+    return refuse_overflow(t, converted, loc, flat=raw.flat, note=float_dtype.note(name))
 
 
 def prepare(spec: LossSpec, raw: Mapping[str, RawTensor], cast: Cast = _cast) -> dict[str, Tensor]:
-    """Give every decoded tensor the dtype its argument's kind calls for (see `TensorKind`)."""
-    float_dtype = next(
-        (r.tensor.dtype for a in spec.tensors if a.kind is TensorKind.FLOAT and (r := raw.get(a.name)) and r.typed),
-        torch.float32,
+    """Give every decoded tensor the dtype its argument's kind calls for (see `TensorKind`): untyped floating
+    numbers take the first declared floating dtype, else float32, and may not overflow it."""
+    source = next(
+        (a.name for a in spec.tensors if a.kind is TensorKind.FLOAT and (r := raw.get(a.name)) and r.typed), None
     )
+    float_dtype = FloatDtype(raw[source].tensor.dtype, source) if source is not None else FloatDtype()
     out: dict[str, Tensor] = {}
     for arg in spec.tensors:
         r = raw.get(arg.name)
@@ -161,7 +244,7 @@ def prepare(spec: LossSpec, raw: Mapping[str, RawTensor], cast: Cast = _cast) ->
     return out
 
 
-def _coerce(arg: TensorArg, r: RawTensor, float_dtype: torch.dtype, done: Mapping[str, Tensor], cast: Cast) -> Tensor:
+def _coerce(arg: TensorArg, r: RawTensor, float_dtype: FloatDtype, done: Mapping[str, Tensor], cast: Cast) -> Tensor:
     if arg.kind is TensorKind.FLOAT:
         return _as_floats(arg.name, r, float_dtype, cast)
     if arg.kind is TensorKind.INDEX_OR_PROBABILITY:

@@ -18,12 +18,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
 from torch import Tensor
 
+from service import codec, compute
+from service.errors import InvalidTensor
 from service.losses import REGISTRY
 from service.losses.registry import legacy_reduction
 from service.rpc import grpc_service_pb2 as pb
@@ -439,6 +442,218 @@ def test_v2_json_data_past_the_datatype(client: TestClient, datatype: str, dtype
     assert response.status_code == 200, response.text
     x, y = torch.tensor([0.5, 1.5]).to(dtype), torch.zeros(2, dtype=dtype)
     wire.assert_same(response.json()["outputs"][0]["data"][0], F.l1_loss(x, y))
+
+
+# --- untyped numbers past the dtype they take ---------------------------------------------------------------------
+
+DEFAULT_NOTE = ", the default dtype of untyped numbers"
+
+
+def _inherited(name: str, source: str = "input") -> str:
+    return f", the dtype `{name}` takes from `{source}`"
+
+
+def test_untyped_examples(client: TestClient) -> None:
+    """A number sent without a dtype never silently becomes infinite in the dtype lossd reads it as: float32 by
+    default, or the dtype of the floating argument that declares one."""
+    response = client.post("/v1/losses/mse", json={"input": [1e39], "target": [0.0]})
+    message = _problem(response, ["body", "input", 0], "invalid-tensor")
+    assert message == "value 1e+39 at index 0 exceeds the range of float32 (max 3.4028235e+38)" + DEFAULT_NOTE
+    body = {"input": {"data": [1.0], "dtype": "float16"}, "target": [70000]}
+    message = _problem(client.post("/v1/losses/mse", json=body), ["body", "target", 0], "invalid-tensor")
+    assert (
+        message
+        == "value 70000 at index 0 exceeds the range of float16 (max 65504), the dtype `target` takes from `input`"
+    )
+    body = {"input": {"data": [1.0, 2.0], "dtype": "float16"}, "target": [1, 2**40]}  # integers, shown as sent
+    message = _problem(client.post("/v1/losses/mse", json=body), ["body", "target", 1], "invalid-tensor")
+    assert message == _overflow_msg(2**40, 1, torch.float16) + _inherited("target")
+    _still_works(client)
+
+
+@pytest.mark.parametrize("form", ["nested", "flat"])
+def test_untyped_numbers_past_the_default_float32(client: TestClient, form: str) -> None:
+    """Each value near float32's largest, without a dtype anywhere: refused exactly where torch's conversion gives
+    infinity, else the loss is torch's of the converted values."""
+    for value in [*_near_max(torch.float32), 1e39, -1e39, 1e300]:
+        sent: Any = [1.0, value] if form == "nested" else {"data": [1.0, value], "shape": [2]}
+        response = client.post("/v1/losses/l1", json={"input": sent, "target": [1.0, 2.0]})
+        if _overflows(value, torch.float32):
+            loc = ["body", "input", 1] if form == "nested" else ["body", "input", "data", 1]
+            message = _problem(response, loc, "invalid-tensor")
+            assert message == _overflow_msg(float(value), 1, torch.float32) + DEFAULT_NOTE
+        else:
+            assert response.status_code == 200, response.text
+            x = torch.tensor([1.0, value], dtype=torch.float64).to(torch.float32)
+            wire.assert_same(response.json()["loss"], F.l1_loss(x, torch.tensor([1.0, 2.0])))
+    _still_works(client)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_untyped_numbers_past_an_inherited_dtype(client: TestClient, dtype: torch.dtype) -> None:
+    """An untyped `target` takes the dtype `input` declares, and may not overflow it."""
+    for value in [*_near_max(dtype), 70000.0, 1e39]:
+        body = {"input": {"data": [1.0, 2.0], "dtype": wire.NAMES[dtype]}, "target": [[1.0, value]]}
+        response = client.post("/v1/losses/l1", json=body)
+        if _overflows(value, dtype):
+            message = _problem(response, ["body", "target", 0, 1], "invalid-tensor")
+            expected = _overflow_msg(float(value), 1, dtype).replace("at index 1", "at index [0, 1]")
+            assert message == expected + _inherited("target")
+        else:
+            assert response.status_code == 200, response.text
+            x = torch.tensor([1.0, 2.0]).to(dtype)
+            y = torch.tensor([[1.0, value]], dtype=torch.float64).to(dtype)
+            wire.assert_same(response.json()["loss"], F.l1_loss(x, y))
+    _still_works(client)
+
+
+EDGES = [
+    pytest.param("mse", {"data": [65504.0, 1.0], "dtype": "float16"}, [65519, 3], torch.float16, id="mse-float16"),
+    pytest.param("l1", {"data": [60000.0, 1.0], "dtype": "float16"}, [65519, 3], torch.float16, id="l1-float16"),
+    pytest.param("mse", [3.4e38, 1.0], [3.4e38, 3.0], torch.float32, id="mse-float32"),
+    pytest.param("l1", [3.4e38, 1.0], [1e38, 3.0], torch.float32, id="l1-float32"),
+]
+
+
+@pytest.mark.parametrize(("name", "x", "y", "dtype"), EDGES)
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_untyped_edges_in_range_are_torchs(
+    client: TestClient, name: str, x: Any, y: list[float], dtype: torch.dtype, reduction: str
+) -> None:
+    """65519 rounds to float16's 65504 (inherited from `input`), 3.4e38 to a finite float32 (the default): both
+    accepted, and the loss is torch's of the values converted as torch converts them."""
+    numbers = x["data"] if isinstance(x, dict) else x
+    response = client.post(f"/v1/losses/{name}", json={"input": x, "target": y, "reduction": reduction})
+    assert response.status_code == 200, response.text
+    assert response.json()["dtype"] == wire.NAMES[dtype]
+    fn = F.mse_loss if name == "mse" else F.l1_loss
+    expected = fn(torch.tensor(numbers).to(dtype), torch.tensor(y).to(dtype), reduction=reduction)
+    assert torch.isfinite(expected).all()
+    wire.assert_same(response.json()["loss"], expected)
+
+
+def test_untyped_forms_name_the_element(client: TestClient) -> None:
+    """Where the number is: a flat `data` array by its flat index, nested arrays by their indices, a lone number
+    by its field; class probabilities (untyped numbers of `input`'s shape) take `input`'s dtype too."""
+    half = {"data": [1.0, 2.0, 3.0, 4.0], "shape": [2, 2], "dtype": "float16"}
+    cases = [
+        ("mse", {"input": half, "target": {"data": [0, 0, 0, 1e5], "shape": [2, 2]}}, ["target", "data", 3], "3"),
+        ("mse", {"input": half, "target": [[0, 0], [1e5, 0]]}, ["target", 1, 0], "[1, 0]"),
+        ("mse", {"input": 1e39, "target": 0.0}, ["input"], None),
+        (
+            "cross_entropy",
+            {"input": {**half, "shape": [1, 4]}, "target": [[0.5, 1e5, 0.0, 0.0]]},
+            ["target", 0, 1],
+            "[0, 1]",
+        ),
+    ]
+    for name, body, loc, index in cases:
+        dtype = torch.float32 if loc == ["input"] else torch.float16
+        message = _problem(client.post(f"/v1/losses/{name}", json=body), ["body", *loc], "invalid-tensor")
+        value = 1e39 if dtype == torch.float32 else 1e5
+        at = f" at index {index}" if index is not None else ""
+        note = DEFAULT_NOTE if dtype == torch.float32 else _inherited("target")
+        assert (
+            message
+            == f"value {value}{at} exceeds the range of {wire.NAMES[dtype]} (max {torch.finfo(dtype).max:.8g}){note}"
+        )
+    # integers cannot overflow float32 (int64's largest is far below its range): read as torch reads them
+    response = client.post("/v1/losses/l1", json={"input": [2**62, 1], "target": [0, 0]})
+    assert response.status_code == 200, response.text
+    wire.assert_same(response.json()["loss"], F.l1_loss(torch.tensor([2**62, 1]).float(), torch.zeros(2)))
+    _still_works(client)
+
+
+def test_untyped_non_finite_tokens_stay_and_do_not_hide_an_overflow(client: TestClient) -> None:
+    """ "Infinity" and "NaN" sent as such are what was sent; a number that overflows next to them is still found."""
+    body = {"input": ["NaN", "Infinity", "-Infinity", 1e39], "target": [0.0, 0.0, 0.0, 0.0]}
+    message = _problem(client.post("/v1/losses/l1", json=body), ["body", "input", 3], "invalid-tensor")
+    assert message == _overflow_msg(1e39, 3, torch.float32) + DEFAULT_NOTE
+    body = {"input": ["NaN", "Infinity", "-Infinity", 3.4e38], "target": [0.0, 0.0, 0.0, 0.0], "reduction": "none"}
+    response = client.post("/v1/losses/l1", json=body)
+    assert response.status_code == 200, response.text
+    x = torch.tensor([math.nan, math.inf, -math.inf, 3.4e38], dtype=torch.float64).float()
+    wire.assert_same(response.json()["loss"], F.l1_loss(x, torch.zeros(4), reduction="none"))
+    response = client.post("/v1/losses/mse", json={"input": [], "target": {"data": [], "shape": [0]}})
+    assert response.status_code == 200, response.text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns of the mean of no elements
+        wire.assert_same(response.json()["loss"], F.mse_loss(torch.empty(0), torch.empty(0)))
+
+
+def test_untyped_overflow_in_evaluate_and_session_batches(client: TestClient) -> None:
+    """/v1/evaluate: the entry whose dtype the number overflows answers the problem, at the shared tensor's key;
+    an entry reading it in another dtype computes. A session batch is refused whole, and the next one works."""
+    tensors = {"x": {"data": [1.0, 2.0], "dtype": "float16"}, "y": [70000.0, 1.0], "z": [1.0, 2.0]}
+    losses = [
+        {"name": "mse", "tensors": {"input": "x", "target": "y"}},
+        {"name": "mse", "tensors": {"input": "z", "target": "y"}},
+    ]
+    response = client.post("/v1/evaluate", json={"tensors": tensors, "losses": losses})
+    assert response.status_code == 200, response.text
+    refused, computed = response.json()["results"]
+    assert refused["status"] == 422, refused
+    assert refused["type"] == "/problems/invalid-tensor", refused
+    message = _overflow_msg(70000.0, 0, torch.float16) + _inherited("target")
+    assert refused["errors"] == [{"loc": ["body", "tensors", "y", 0], "msg": message}]
+    assert computed["status"] == 200, computed
+    wire.assert_same(computed["loss"], F.mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([70000.0, 1.0])))
+
+    created = client.post("/v1/sessions", json={"losses": [{"name": "l1", "reduction": "sum"}]})
+    assert created.status_code == 201, created.text
+    session = created.json()["id"]
+    batch = {"batch_id": "b1", "tensors": {"input": {"data": [1.0], "dtype": "bfloat16"}, "target": [1e39]}}
+    response = client.post(f"/v1/sessions/{session}/batches", json=batch)
+    message = _problem(response, ["body", "tensors", "target", 0], "invalid-tensor")
+    assert message == _overflow_msg(1e39, 0, torch.bfloat16) + _inherited("target")
+    batch = {"batch_id": "b1", "tensors": {"input": [[3.4e38]], "target": [[1e38]]}}
+    response = client.post(f"/v1/sessions/{session}/batches", json=batch)
+    assert response.status_code == 200, response.text
+    expected = F.l1_loss(torch.tensor([[3.4e38]]), torch.tensor([[1e38]]), reduction="sum")
+    assert response.json()["results"][0]["loss"] == float(expected)
+    batch = {"batch_id": "b2", "tensors": {"input": [[3.5e38]], "target": [[1e38]]}}
+    response = client.post(f"/v1/sessions/{session}/batches", json=batch)
+    message = _problem(response, ["body", "tensors", "input", 0, 0], "invalid-tensor")
+    assert message.endswith(
+        "value 3.5e+38 at index [0, 0] exceeds the range of float32 (max 3.4028235e+38)" + DEFAULT_NOTE
+    )
+    client.delete(f"/v1/sessions/{session}")
+    _still_works(client)
+
+
+@pytest.mark.parametrize("form", ["nested", "flat"])
+def test_an_untyped_number_past_float32_is_found_among_many(form: str) -> None:
+    """One value past float32 among a million untyped numbers is found and located; at float32's largest, the
+    tensor is torch's conversion of the numbers."""
+    spec = REGISTRY.get("mse")
+    values = np.linspace(-1.0, 1.0, 1_000_000)
+    values[876_543] = 1e39
+
+    def prepare() -> dict[str, Tensor]:
+        sent = values.tolist() if form == "nested" else {"data": values.tolist()}
+        raw = {"input": codec.decode_tensor(sent, "input"), "target": codec.decode_tensor([0.0], "target")}
+        return compute.prepare(spec, raw)
+
+    with pytest.raises(InvalidTensor) as info:
+        prepare()
+    assert info.value.errors[0].loc == (("input", 876_543) if form == "nested" else ("input", "data", 876_543))
+    assert info.value.detail == _overflow_msg(1e39, 876_543, torch.float32) + DEFAULT_NOTE
+    values[876_543] = torch.finfo(torch.float32).max
+    assert torch.equal(prepare()["input"], torch.from_numpy(values).to(torch.float32))
+
+
+def test_only_narrowing_conversions_are_checked() -> None:
+    """The check costs a pass over the data only where the conversion can overflow."""
+    narrowing = {
+        (torch.float64, torch.float32),
+        (torch.float64, torch.float16),
+        (torch.float64, torch.bfloat16),
+        (torch.int64, torch.float16),
+    }
+    sources = [torch.float64, torch.int64, torch.bool]
+    targets = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64]
+    for source, target in itertools.product(sources, targets):
+        assert compute.narrows(source, target) == ((source, target) in narrowing), (source, target)
 
 
 # --- gRPC ---------------------------------------------------------------------------------------------------------
