@@ -510,7 +510,8 @@ def _cast(t: Tensor, dtype: torch.dtype, loc: Loc) -> Tensor:
     if bool(bad.any()):
         where = tuple(int(i) for i in torch.nonzero(bad.reshape(-1))[0])
         raise InvalidTensor(
-            f"value {t.reshape(-1)[where].item()} at index {where[0]} is not a {DTYPE_NAMES[dtype]}",
+            f"value {t.reshape(-1)[where].item()} at index {where[0]} does not fit {DTYPE_NAMES[dtype]} "
+            f"(integers {low} to {high})",
             loc=(*loc, *where),
         )
     return t.to(dtype)
