@@ -4,20 +4,37 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: serve test lint typecheck pytest openapi proto docs install install-dev install-browser install-redis install-node install-bench bench bench-quick loadtest clean
+.PHONY: lock serve test lint typecheck pytest openapi proto docs install install-dev install-browser install-redis install-node install-bench bench bench-quick loadtest clean
 
-$(VENV)/.runtime: requirements.txt constraints.txt
+# The runtime and development sets are installed from their lock files (every package pinned, every file's
+# sha256 checked: `make lock` writes them from requirements*.txt); the benchmark's extras from their pins only
+# (unhashed: a constraint file with hashes would turn on hash checking for them too).
+$(VENV)/.runtime: requirements.lock constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -r requirements.txt
+	$(PIP) --require-hashes -r requirements.lock
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
-	$(PIP) -r requirements-dev.txt
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
+	$(PIP) --require-hashes -r requirements-dev.lock
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
 	$(PIP) -r requirements-bench.txt
 	touch $@
+
+## lock: regenerate requirements.lock (requirements.txt) and requirements-dev.lock (requirements-dev.txt, the
+## runtime versions kept) with pip-compile in a throwaway venv: every transitive dependency, hashes of every file
+## of each version (torch's: the CPU wheel pip finds here). Existing pins are kept unless requirements*.txt move them.
+LOCK_VENV := $(or $(TMPDIR),/tmp)/lossd-pip-tools
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe \
+  --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --annotation-style line -c constraints.txt
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --disable-pip-version-check pip-tools==7.6.2
+	$(PIP_COMPILE) -o requirements.lock requirements.txt
+	$(PIP_COMPILE) -c requirements.lock -o requirements-dev.lock requirements-dev.txt
+	rm -rf $(LOCK_VENV)
 
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev install-browser install-redis install-node

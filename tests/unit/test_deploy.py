@@ -15,6 +15,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from service.app import create_app
 from service.config import Settings
@@ -60,6 +62,12 @@ def test_hadolint_is_clean() -> None:
     assert run.stdout.strip() == ""
 
 
+def _published(mapping: str) -> list[int]:
+    """[host port, container port] of a compose port mapping, its ${VAR:-default} interpolations at their defaults."""
+    mapping = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", mapping)
+    return [int(port) for port in mapping.split(":")[-2:]]
+
+
 def test_dockerfile_agrees_with_the_service() -> None:
     text = _dockerfile()
     env = dict(re.findall(r"\b(LOSSD_\w+)=(\S+)", text))
@@ -72,17 +80,108 @@ def test_dockerfile_agrees_with_the_service() -> None:
     assert 'CMD ["python", "-m", "service"]' in text
     assert "LOSSD_HOST=0.0.0.0" in text
     assert "LOSSD_PORT=8000" in text
-    health = re.search(r"http://127\.0\.0\.1:8000(/\w+)", text)
-    assert health
-    assert health.group(1) == "/healthz"
     assert "/healthz" in ROUTES
     assert re.search(r"^USER 10001$", text, re.M)  # non-root, the uid the manifests run as
-    assert "-c constraints.txt -r requirements.txt" in text  # the pins make uses
     runtime = text.split("AS runtime", 1)[1]
     assert "pip install" not in runtime
     assert "gcc" not in runtime
     for key in env:
         assert _env_name(key) in SETTINGS, key
+
+
+def test_dockerfile_health_check_follows_lossd_port() -> None:
+    """`-e LOSSD_PORT=8300` moves the service: the health check asks that port, not a fixed 8000."""
+    text = _dockerfile()
+    check = text[text.index("HEALTHCHECK") :].split("\nSTOPSIGNAL", 1)[0]
+    assert "os.environ.get('LOSSD_PORT', '8000')" in check
+    assert "/healthz'" in check
+    assert ":8000" not in check
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for service in compose["services"].values():
+        assert "os.environ.get('LOSSD_PORT', '8000')" in service["healthcheck"]["test"][-1]
+
+
+def test_dockerfile_builds_offline_from_the_lock() -> None:
+    text = _dockerfile()
+    assert not text.startswith("# syntax")  # BuildKit would pull that frontend: offline builds fail
+    assert "COPY requirements.lock constraints.txt ./" in text
+    assert "--require-hashes" in text
+    assert "-c constraints.txt -r requirements.lock" in text  # the lock `make` installs
+    build, runtime = text.split("AS runtime", 1)
+    # CPU-only torch by default, from PyTorch's CPU index unless a mirror (or an empty value) says otherwise
+    assert re.search(r"^ARG TORCH_VARIANT=cpu$", build, re.M)
+    assert re.search(r"^ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cpu$", build, re.M)
+    assert '--extra-index-url "$TORCH_INDEX_URL"' in build
+    # the host's pip settings are the build stage's arguments, never the runtime image's
+    assert re.findall(r"^ARG (PIP_\w+)$", build, re.M)
+    assert "PIP_" not in runtime
+    assert "without pip" not in text
+    # HOME exists and is writable on a read-only root: the tmpfs /tmp
+    assert re.search(r"^\s+HOME=/tmp \\$", runtime, re.M)
+    assert "useradd --system --uid 10001 --gid 0 --home-dir /tmp" in build
+    assert "COPY --from=build /etc/passwd /etc/passwd" in runtime
+    assert not re.search(r"^RUN\b", runtime, re.M)  # a build's --volume mounts leave empty mount points in RUN layers
+    # a change to the service rebuilds the last layer only: nothing is copied or run after it
+    layers = re.findall(r"^(?:COPY|RUN|ADD)\b.*$", runtime, re.M)
+    assert layers[-1] == "COPY service/ service/", layers
+
+
+def test_podman_builds_are_documented_with_the_docker_format() -> None:
+    """podman's default OCI format drops HEALTHCHECK silently: every podman build we write keeps the docker one."""
+    paths = [ROOT / "Dockerfile", ROOT / "docker-compose.yml", ROOT / "README.md", ROOT / "Makefile"]
+    paths += sorted((ROOT / "docs").glob("**/*.md")) + sorted((ROOT / "scripts").glob("container*"))
+    builds = 0
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if re.search(r"\bpodman build\s+[-.]", line):
+                builds += 1
+                assert "--format docker" in line, f"{path.name}: {line.strip()}"
+    assert builds >= 2
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """name -> version of each `name==version` line of a requirements or lock file (continuations, comments,
+    -r includes and options left out)."""
+    pins: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", line)
+        if match:
+            pins[canonicalize_name(match.group(1))] = match.group(2)
+    return pins
+
+
+def _hashed(path: Path) -> dict[str, list[str]]:
+    """name -> its sha256 hashes, for each entry of a lock file."""
+    entries = re.findall(r"^([A-Za-z0-9][\w.-]*)==\S+((?: \\\n\s+--hash=sha256:[0-9a-f]{64})*)", path.read_text(), re.M)
+    return {canonicalize_name(name): re.findall(r"[0-9a-f]{64}", hashes) for name, hashes in entries}
+
+
+@pytest.mark.parametrize(
+    ("requirements", "lock"),
+    [("requirements.txt", "requirements.lock"), ("requirements-dev.txt", "requirements-dev.lock")],
+)
+def test_lock_agrees_with_the_requirements(requirements: str, lock: str) -> None:
+    """Every pin of requirements*.txt is in its lock at that version (torch's CPU build, 2.13.0+cpu, is 2.13.0),
+    and every locked package has hashes: run `make lock` after changing requirements*.txt."""
+    wanted = _pins(ROOT / requirements)
+    if requirements == "requirements-dev.txt":
+        wanted |= _pins(ROOT / "requirements.txt")
+    locked = _pins(ROOT / lock)
+    for name, version in wanted.items():
+        assert name in locked, f"{name} is in {requirements} but not in {lock}: run `make lock`"
+        assert Version(locked[name]).public == Version(version).public, (name, version, locked[name])
+    hashes = _hashed(ROOT / lock)
+    assert set(hashes) == set(locked)
+    assert all(hashes.values()), [name for name, found in hashes.items() if not found]
+    assert locked["torch"] == "2.13.0+cpu"  # the image's and make's: CPU-only
+    assert _pins(ROOT / "constraints.txt")["torch"] == Version(locked["torch"]).public
+
+
+def test_dev_lock_keeps_the_runtime_lock() -> None:
+    runtime, dev = _hashed(ROOT / "requirements.lock"), _hashed(ROOT / "requirements-dev.lock")
+    assert _pins(ROOT / "requirements.lock").items() <= _pins(ROOT / "requirements-dev.lock").items()
+    for name, hashes in runtime.items():
+        assert set(hashes) <= set(dev[name]), name
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
@@ -107,7 +206,7 @@ def test_compose_file_is_valid_and_consistent() -> None:
         assert service["restart"] == "unless-stopped"
         assert service["healthcheck"]["test"][-1].count("/readyz") == 1
         assert "/readyz" in ROUTES
-        published = [[int(port) for port in mapping.split(":")] for mapping in service["ports"]]  # [host, container]
+        published = [_published(mapping) for mapping in service["ports"]]  # [host, container]
         assert [container for _, container in published] == [int(env["LOSSD_PORT"]), _grpc_port(env)], name
         host_ports += [host for host, _ in published]
         grace = int(service["stop_grace_period"].rstrip("s"))
@@ -192,8 +291,8 @@ def test_gpu_check_script_is_there() -> None:
     assert "gpu_timings.py" in script
 
 
-def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    text = (ROOT / "README.md").read_text()
-    table = text[text.index("## Configuration") : text.index("## Limits")]
+def test_every_setting_is_in_the_configuration_table() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    table = text[text.index("<!-- settings:start -->") : text.index("<!-- settings:end -->")]
     documented = {_env_name(key) for key in re.findall(r"^\| `(LOSSD_\w+)` \|", table, flags=re.MULTILINE)}
     assert documented == SETTINGS, (SETTINGS - documented, documented - SETTINGS)
