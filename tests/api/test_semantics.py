@@ -19,9 +19,11 @@ def test_focal_with_gamma_0_equals_cross_entropy(client: TestClient, reduction: 
     body = {"input": X.tolist(), "target": T.tolist(), "reduction": reduction, "return_grad": True}
     focal = client.post("/v1/losses/focal", json=body | {"gamma": 0.0}).json()
     ce = client.post("/v1/losses/cross_entropy", json=body).json()
-    torch.testing.assert_close(wire.to_tensor(focal["loss"]), wire.to_tensor(ce["loss"]))
-    torch.testing.assert_close(wire.to_tensor(focal["grad"]["input"]), wire.to_tensor(ce["grad"]["input"]))
-    torch.testing.assert_close(wire.to_tensor(ce["loss"]), F.cross_entropy(X, T, reduction=reduction).double())
+    wire.assert_same(ce["loss"], F.cross_entropy(X, T, reduction=reduction))
+    # focal's own formula (log_softmax, gather, sum / count) is cross_entropy's arithmetic at gamma 0: on the CPU
+    # bit for bit; on CUDA cross_entropy's kernel may sum in another order
+    wire.assert_same(focal["loss"], wire.to_tensor(ce["loss"]).float())
+    wire.assert_same(focal["grad"]["input"], wire.to_tensor(ce["grad"]["input"]).float())
 
 
 @pytest.mark.parametrize("gamma", [0.25, 0.5, 0.99])

@@ -77,9 +77,11 @@ class Dataset:
 
 
 def _assert_values(session: dict[str, Any], expected: list[float]) -> None:
+    """The dataset values lossd adds up, batch by batch in whatever order the clients' batches arrive: torch's on
+    the whole up to the order of float64 additions (wire.SUMMED)."""
     got = [r["loss"] for r in session["results"]]
     for value, want in zip(got, expected, strict=True):
-        assert value == pytest.approx(want, rel=1e-9, abs=0), (got, expected)
+        assert value == pytest.approx(want, rel=wire.SUMMED["rtol"], abs=wire.SUMMED["atol"]), (got, expected)
 
 
 def _create(url: str) -> str:
