@@ -21,6 +21,7 @@ from service.app import create_app
 from service.config import Settings
 from service.losses import REGISTRY
 from tests import wire
+from tests.wait import wait_until, wait_until_async
 
 X = [[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]]
 GOOD = {"input": X, "target": [0, 2]}
@@ -38,7 +39,7 @@ def slow_l1() -> Iterator[float]:
     delay = 0.4
 
     def slow(*args: Any, **kwargs: Any) -> torch.Tensor:
-        time.sleep(delay)
+        time.sleep(delay)  # not a wait: a computation that takes `delay`, so that requests pile up
         return original(*args, **kwargs)
 
     object.__setattr__(spec, "fn", slow)
@@ -166,10 +167,7 @@ def test_timeout_keeps_the_slot_until_the_thread_ends(make_client: Callable[...,
     assert state.pending == 1  # the thread still computes
     busy = client.post("/v1/losses/l1", json={"input": [1.0], "target": [0.0], "return_grad": True})
     assert busy.status_code == 503, busy.text  # weight 2 on top of the 1 still computing passes the limit of 2
-    deadline = time.monotonic() + 10
-    while state.pending:  # the abandoned computation finishes in its thread
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: not state.pending, 10, "the abandoned computation's thread ended")
     ok = client.post("/v1/losses/cross_entropy", json=GOOD)
     assert ok.status_code == 200, ok.text
     wire.assert_same(ok.json()["loss"], _expected())
@@ -267,7 +265,7 @@ def test_device_failure_stops_the_process(make_client: Callable[..., TestClient]
     assert client.get("/readyz").status_code == 503
     assert client.get("/v2/health/ready").status_code == 503
     assert client.get("/healthz").status_code == 200  # alive, on its way out
-    time.sleep(0.7)
+    wait_until(lambda: exits, 5, "the server asking to exit")  # 0.5 s later, once the answers are out
     assert exits == [True]
 
 
@@ -361,28 +359,24 @@ def test_a_cancelled_request_cancels_its_work_and_keeps_its_place_until_it_ends(
     computation has ended, so cancelled work cannot pile up past the limits."""
     client = make_client(max_concurrency=1, max_queue=1)
     state = client.app.state.lossd  # type: ignore[attr-defined]
-    started = threading.Event()
+    started, returns = threading.Event(), threading.Event()
     outcome: list[str] = []
 
     def work(cancel: Any) -> None:  # stands in for a computation in a worker process, which `cancel` kills
         started.set()
-        deadline = time.monotonic() + 10
-        while not cancel.cancelled and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)  # the killed worker's thread returns a moment later
-        outcome.append("killed" if cancel.cancelled else "not cancelled")
+        wait_until(lambda: cancel.cancelled, 10, "the cancel")  # else no outcome: told below
+        outcome.append("killed")
+        returns.wait(10)  # the killed worker's thread returns once the test has seen it still counted
 
     async def scenario() -> tuple[int, int]:
         task = asyncio.ensure_future(state._in_thread(work, weight=2))
-        while not started.is_set():
-            await asyncio.sleep(0.01)
+        await wait_until_async(started.is_set, 10, "the computation started")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         held = state.pending  # cancelled, but its thread still runs
-        deadline = time.monotonic() + 10
-        while state.pending and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        returns.set()
+        await wait_until_async(lambda: not state.pending, 10, "the place given back once the thread returned")
         return held, state.pending
 
     held, after = client.portal.call(scenario)  # type: ignore[union-attr]

@@ -18,11 +18,12 @@ import httpx
 import pytest
 import torch
 import torch.nn.functional as F
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests import wire
 from tests.e2e.conftest import ROOT, start_server, stop_server
+from tests.e2e.metrics import computing, in_flight, metric
 from tests.e2e.test_scheduling import BROADCAST
+from tests.wait import wait_until
 
 SMALL = {"input": [1.0, 2.0, 4.0], "target": [1.5, 2.5, 3.0]}
 
@@ -37,8 +38,8 @@ def _still_correct(url: str) -> None:
     wire.assert_same(response.json()["loss"], F.mse_loss(torch.tensor(SMALL["input"]), torch.tensor(SMALL["target"])))
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds used so far by `pid` and every process below it."""
+def _children() -> dict[int, list[int]]:
+    """Every process's children, by the parent's pid."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -47,6 +48,27 @@ def _tree_cpu_seconds(pid: int) -> float:
             except OSError:
                 continue
             children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def _live_workers(pid: int) -> list[int]:
+    """The worker processes of the server `pid` (children of its fork server, two levels below it) that have not
+    exited: neither gone nor a zombie."""
+    children = _children()
+    live = []
+    for worker in (w for server in children.get(pid, []) for w in children.get(server, [])):
+        try:
+            state = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            live.append(worker)
+    return live
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by `pid` and every process below it."""
+    children = _children()
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
@@ -56,16 +78,6 @@ def _tree_cpu_seconds(pid: int) -> float:
         except OSError:
             continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def _metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
     return total
 
 
@@ -95,13 +107,14 @@ def test_a_timeout_stops_the_work_and_frees_its_slot(short_timeout: tuple[str, i
             post.join()
         assert [a.status_code for a in answers] == [504, 504], [a.text for a in answers]
         assert answers[0].headers["content-type"] == "application/problem+json"
-    time.sleep(0.3)  # the kill, and the thread's return
+        # every worker was computing a request that timed out: each was killed (workers start on demand only)
+        wait_until(lambda: not _live_workers(pid), 5, "the workers of the timed-out requests killed")
     before = _tree_cpu_seconds(pid)
-    time.sleep(1.0)
+    time.sleep(1.0)  # not a wait: the window in which the CPU used is measured
     used = _tree_cpu_seconds(pid) - before
     # a computation left running would use about a second of CPU in that second (two, with two of them)
     assert used < 0.5, f"{used:.2f} s of CPU used in the second after the timeouts: the work did not stop"
-    assert _metric(url, "lossd_requests_computing") == 0
+    assert computing(url) == 0
     _still_correct(url)
 
 
@@ -113,9 +126,9 @@ def test_work_that_is_long_but_small_is_stopped_too(short_timeout: tuple[str, in
     body = {"input": [0.5] * classes, "target": list(range(classes))}
     response = httpx.post(f"{url}/v1/losses/multilabel_margin", json=body, timeout=60)
     assert response.status_code == 504, response.text[:300]
-    time.sleep(0.3)
+    wait_until(lambda: not _live_workers(pid), 5, "the worker of the timed-out request killed")
     before = _tree_cpu_seconds(pid)
-    time.sleep(1.0)
+    time.sleep(1.0)  # not a wait: the window in which the CPU used is measured
     used = _tree_cpu_seconds(pid) - before
     assert used < 0.5, f"{used:.2f} s of CPU used in the second after the timeout: the work did not stop"
     small = {"input": [[0.1, 0.2, 0.4, 0.8]], "target": [[3, 0, -1, 1]]}
@@ -136,7 +149,7 @@ def test_body_bytes_are_admitted_before_they_are_read() -> None:
             b"POST /v1/losses/mse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 900000\r\n\r\n" + b" " * 1000
         )
-        time.sleep(0.3)  # the server has the head: 900,000 bytes are held
+        wait_until(lambda: in_flight(url) == 1, 10, "the server reading the held request: 900,000 bytes held")
         second = socket.create_connection((host, int(port)))
         second.settimeout(5)
         started = time.monotonic()
@@ -156,7 +169,7 @@ def test_body_bytes_are_admitted_before_they_are_read() -> None:
         assert time.monotonic() - started < 2
         second.close()
         holder.close()  # its bytes are given back
-        time.sleep(0.3)
+        wait_until(lambda: in_flight(url) == 0, 10, "the held request ended, its bytes given back")
         _still_correct(url)
         padded = httpx.post(
             f"{url}/v1/losses/mse",
@@ -173,15 +186,16 @@ def test_body_bytes_are_admitted_before_they_are_read() -> None:
 def test_hang_ups_count_as_499(short_timeout: tuple[str, int]) -> None:
     url, _ = short_timeout
     host, port = url.removeprefix("http://").split(":")
-    before = _metric(url, "lossd_requests_total", route="/v1/losses/{name}", status="499")
+    before = metric(url, "lossd_requests_total", route="/v1/losses/{name}", status="499")
     for path in (b"/v1/losses/mse", b"/v1/evaluate", b"/v2/models/mse/infer"):
         with socket.create_connection((host, int(port))) as s:
             s.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
             s.sendall(b'Content-Length: 1000\r\n\r\n{"input": [1.0')
-            time.sleep(0.2)
-    time.sleep(0.3)
-    assert _metric(url, "lossd_requests_total", route="/v1/losses/{name}", status="499") == before + 1
-    assert _metric(url, "lossd_requests_total", status="500") == 0
+            wait_until(lambda: in_flight(url) == 1, 10, f"the server reading the request to {path.decode()}")
+        # hung up: the request ends, and is counted as it ends
+        wait_until(lambda: in_flight(url) == 0, 10, f"the request to {path.decode()} ended")
+    assert metric(url, "lossd_requests_total", route="/v1/losses/{name}", status="499") == before + 1
+    assert metric(url, "lossd_requests_total", status="500") == 0
     _still_correct(url)
 
 
@@ -196,7 +210,7 @@ def test_a_drain_that_runs_out_answers_503() -> None:
 
     thread = threading.Thread(target=post)
     thread.start()
-    time.sleep(0.2)  # the computation (over a second) has begun
+    wait_until(lambda: computing(url) == 1, 30, "the computation (over a second) begun")
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:

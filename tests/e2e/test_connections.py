@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ import uvicorn
 from service.config import Settings
 from service.server import uvicorn_options
 from tests.e2e.conftest import ROOT, free_port, start_server, stop_server
+from tests.wait import wait_until
 
 MAX_CONNECTIONS = 20
 READ_TIMEOUT_S = 1.0
@@ -139,10 +141,25 @@ def _trickle(sock: socket.socket, data: bytes, every_s: float = 0.1) -> float:
     pytest.fail("the server waited for the whole slow request")
 
 
+def _open_on_the_server(port: int) -> int:
+    """The connections the server on `port` still holds (its sockets established, or closed by the client and
+    not yet by the server), as the kernel lists them; 0 where it lists none (not Linux)."""
+    tcp = Path("/proc/net/tcp")
+    if not tcp.exists():
+        return 0
+    held = 0
+    for line in tcp.read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if int(local.rsplit(":", 1)[1], 16) == port and state in ("01", "08"):  # ESTABLISHED, CLOSE_WAIT
+            held += 1
+    return held
+
+
 def test_connections_beyond_the_limit_are_refused(limited: tuple[str, int]) -> None:
     """Twice the limit of silent connections: the extra ones get a 503 and are closed at once; the others are
     closed by the server after `LOSSD_KEEP_ALIVE_S` (they never sent a byte); then requests are served."""
-    time.sleep(0.1)  # connections of earlier tests, closed on the client's side, are gone on the server's
+    # connections of earlier tests, closed on the client's side, are closed on the server's
+    wait_until(lambda: _open_on_the_server(limited[1]) == 0, PROMPT_S, "earlier tests' connections closed")
     start = time.monotonic()
     socks = [socket.create_connection(limited, timeout=PROMPT_S) for _ in range(2 * MAX_CONNECTIONS)]
     received: dict[socket.socket, bytes] = dict.fromkeys(socks, b"")
@@ -301,7 +318,7 @@ def test_idle_keep_alive_is_closed(limited: tuple[str, int]) -> None:
             status, _, body, rest = _read_response(sock)
             assert (status, rest) == (200, b""), body
             _assert_mse(json.loads(body))
-            time.sleep(KEEP_ALIVE_S / 4)
+            time.sleep(KEEP_ALIVE_S / 4)  # not a wait: the client's pace, well within the idle limit
         idle_from = time.monotonic()
         assert _closed(sock, KEEP_ALIVE_S + PROMPT_S)
         assert time.monotonic() - idle_from >= KEEP_ALIVE_S * 0.6  # a quarter of it was idle already
@@ -317,7 +334,7 @@ def _in_process(settings: Settings, delay_s: float = 0.0) -> Iterator[tuple[str,
         assert scope["type"] == "http"
         while (await receive()).get("more_body"):
             pass
-        await asyncio.sleep(delay_s)
+        await asyncio.sleep(delay_s)  # not a wait: an app that takes `delay_s` to answer
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -327,11 +344,12 @@ def _in_process(settings: Settings, delay_s: float = 0.0) -> Iterator[tuple[str,
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
+
+        def started() -> bool:
             assert thread.is_alive(), "the server exited during start-up"
-            assert time.monotonic() < deadline, "the server did not start in 30 s"
-            time.sleep(0.02)
+            return bool(server.started)
+
+        wait_until(started, 30, "the in-process server started")
         yield "127.0.0.1", port
     finally:
         server.should_exit = True
@@ -358,7 +376,7 @@ def test_idle_deadline_is_kept_under_a_long_read_deadline() -> None:
     with _in_process(settings) as address, socket.create_connection(address, timeout=PROMPT_S) as sock:
         request = _mse_request()
         sock.sendall(request[:20])
-        time.sleep(0.5)
+        time.sleep(0.5)  # not a wait: the request takes longer than keep_alive_s to arrive, which is the point
         sock.sendall(request[20:])
         status, _, body, _ = _read_response(sock)
         assert (status, body) == (200, b"ok")
@@ -413,7 +431,7 @@ def test_slow_senders_at_the_limit_give_way_to_new_clients() -> None:
     try:
         for sock in slow:
             sock.sendall(HEAD_START)  # a request head that never ends
-        time.sleep(1.5)
+        time.sleep(1.5)  # not a wait: the slow senders grow older than a second, past which they may be closed
         for _ in range(3):  # each new client takes the place of the oldest slow sender
             response = httpx.post(f"{url}/v1/losses/mse", json=MSE, timeout=PROMPT_S)
             assert response.status_code == 200, response.text

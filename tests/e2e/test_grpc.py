@@ -30,6 +30,8 @@ from service.rpc import grpc_service_pb2_grpc as pb_grpc
 from tests import wire
 from tests.cases import CASES, FUNCTIONAL, WRITTEN_OUT, Case, randint, randn, reference, written_out_tolerance
 from tests.e2e.conftest import free_port, start_server, stop_server
+from tests.e2e.metrics import computing
+from tests.wait import wait_until
 
 LIMIT = 16 * 2**20
 """The module server's LOSSD_GRPC_MAX_MESSAGE_BYTES."""
@@ -455,10 +457,8 @@ def test_api_keys_and_the_access_log(keyed: tuple[Server, Path]) -> None:
     health = health_pb2_grpc.HealthStub(server.channel)  # public: probes send no key
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
 
-    deadline = time.monotonic() + 5
-    while '"request_id":"logged-1"' not in log.read_text():  # the access log is written in batches
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
+    # the access log is written in batches
+    wait_until(lambda: '"request_id":"logged-1"' in log.read_text(), 5, "the access log line of logged-1")
     line = next(line for line in log.read_text().splitlines() if '"request_id":"logged-1"' in line)
     assert '"route":"/inference.GRPCInferenceService/ModelInfer"' in line
     assert '"status":"OK"' in line
@@ -481,7 +481,8 @@ def test_sigterm_drains_grpc(keyed: tuple[Server, Path]) -> None:
 
     caller = threading.Thread(target=call)
     caller.start()
-    time.sleep(0.3)  # the call is being computed
+    # (or, on a fast machine, answered already)
+    wait_until(lambda: result or computing(server.url, dict(KEY)) == 1, 30, "the call computing")
     server.proc.send_signal(signal.SIGTERM)
     caller.join(60)
     assert "answer" in result, result
@@ -608,7 +609,7 @@ def test_an_idle_stream_is_ended() -> None:
 
         def messages() -> Iterator[Any]:
             yield tiny
-            time.sleep(3)  # idle past the limit
+            time.sleep(3)  # not a wait: the stream idles past its limit (1 s), which is the point
             yield tiny
 
         started = time.monotonic()

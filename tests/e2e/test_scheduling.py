@@ -47,7 +47,7 @@ def _post_while_polling(url: str, body: dict[str, Any]) -> tuple[httpx.Response,
             start = time.perf_counter()
             assert client.get("/healthz").status_code == 200
             latencies.append(time.perf_counter() - start)
-            time.sleep(0.01)
+            time.sleep(0.01)  # not a wait: the pace of the probes that watch the loop while the request computes
     thread.join()
     return answer["response"], latencies
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -14,6 +13,8 @@ import torch.nn.functional as F
 
 from tests import wire
 from tests.e2e.conftest import start_server, stop_server
+from tests.e2e.metrics import in_flight
+from tests.wait import wait_until
 
 
 def test_sigterm_drains_in_flight_requests() -> None:
@@ -33,7 +34,8 @@ def test_sigterm_drains_in_flight_requests() -> None:
             )
         )
         sender.start()
-        time.sleep(0.3)  # the body is on its way or being computed
+        # in flight: its body on its way, or computing (or, on a fast machine, answered already)
+        wait_until(lambda: answers or in_flight(url) == 1, 30, "the request in flight")
         proc.send_signal(signal.SIGTERM)
         sender.join(timeout=60)
         assert answers, "the request in flight got no answer"

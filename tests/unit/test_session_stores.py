@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from service.errors import (
     Conflict,
@@ -30,6 +31,7 @@ from service.sessions.redis import RedisStore
 from service.sessions.state import LossTotals, Merged, Totals
 from service.sessions.store import MemoryStore, SessionLimits, Store
 from tests.redis_server import RedisServer
+from tests.wait import wait_until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +81,7 @@ class Backend:
     async def advance(self, seconds: float) -> None:
         if self.server is None:
             self.clock.now += seconds
-        else:
+        else:  # not a wait: Redis's TTLs run on its own clock, so the time must pass (the tests' point)
             await asyncio.sleep(seconds)
 
 
@@ -539,8 +541,16 @@ async def test_a_busy_redis_is_unavailable_on_every_route(redis_server: RedisSer
         admin, busy = Redis.from_url(redis_server.url), Redis.from_url(redis_server.url)
         await admin.config_set("busy-reply-threshold", 100)
         spin = asyncio.create_task(busy.eval("while true do end", 0))
+
+        async def answers_busy() -> bool:
+            try:
+                await admin.ping()  # queued behind the script until busy-reply-threshold, then BUSY
+            except ResponseError as exc:
+                return str(exc).startswith("BUSY")
+            return False  # the script has not begun
+
         try:
-            await asyncio.sleep(0.3)
+            await wait_until_async(answers_busy, 10, "Redis answering BUSY while the script runs")
             for call in (
                 store.get(session),
                 store.export(session),
