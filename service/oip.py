@@ -9,15 +9,17 @@ extension). Validation and compute are the data plane's, shared with v1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from service import __version__, codec
 from service.compute import LossResult, RawTensor
-from service.dataplane import DataPlane, Job
+from service.dataplane import Batch, DataPlane, Job
 from service.errors import InvalidRequest, InvalidTensor, NotFound
 from service.limits import Limits
 from service.losses.registry import LossSpec, Registry, TensorKind
@@ -109,6 +111,35 @@ def model(registry: Registry, name: str, version: str | None = None) -> LossSpec
 def output_tensors(result: LossResult) -> dict[str, Tensor]:
     """A result's tensors by output name: `loss`, and `grad_<argument>` for each gradient."""
     return {"loss": result.loss} | {f"grad_{name}": grad for name, grad in result.grads.items()}
+
+
+def batch_tensors(batch: Batch) -> dict[str, Tensor]:
+    """A session batch's answer as outputs: `loss` (float64, one per loss of the session, in its order) and `stats`
+    (its sum, weight and count per loss, shape [losses, 3]), as the HTTP route's `results` give them."""
+    stats = [[s.total.sum, s.total.weight, float(s.total.count)] for s in batch.stats]
+    return {
+        "loss": torch.tensor(batch.losses, dtype=torch.float64),
+        "stats": torch.tensor(stats, dtype=torch.float64).reshape(-1, 3),
+    }
+
+
+@dataclass(frozen=True)
+class RawOutput:
+    """One output as Triton's binary forms carry it: its metadata, and its little-endian bytes."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: bytes
+
+
+def raw_outputs(tensors: dict[str, Tensor], names: list[str]) -> list[RawOutput]:
+    """The outputs `names` of `tensors`, in that order, as raw bytes."""
+    return [
+        RawOutput(name, codec.V2_NAMES[t.dtype], list(t.shape), bytes(codec.tensor_bytes(t)))
+        for name in names
+        for t in (tensors[name],)
+    ]
 
 
 def model_metadata(spec: LossSpec) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 import grpc
-import torch
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -83,38 +82,34 @@ def _inputs(
     return raw
 
 
-def _output(response: Any, name: str, t: torch.Tensor, info: dict[str, Any]) -> None:
-    """Add `t` to `response` as Triton does: its metadata in `outputs`, its bytes in `raw_output_contents`."""
-    response.outputs.add(name=name, datatype=codec.V2_NAMES[t.dtype], shape=list(t.shape))
-    blob = bytes(codec.tensor_bytes(t))
-    response.raw_output_contents.append(blob)
-    info["bytes_out"] += len(blob)
+def _outputs(response: Any, outputs: list[oip.RawOutput], info: dict[str, Any]) -> None:
+    """Add `outputs` to `response` as Triton does: their metadata in `outputs`, their bytes in
+    `raw_output_contents`."""
+    for output in outputs:
+        response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+        response.raw_output_contents.append(output.data)
+        info["bytes_out"] += len(output.data)
 
 
 def _infer_response(
     spec: LossSpec, request_id: str, outputs: list[str], info: dict[str, Any], result: LossResult
 ) -> Any:
-    tensors = oip.output_tensors(result)
     response = pb.ModelInferResponse(model_name=spec.name, model_version=oip.VERSION, id=request_id)
     if result.warnings:
         response.parameters["warnings"].string_param = " ".join(result.warnings)
-    for name in outputs:
-        _output(response, name, tensors[name], info)
+    _outputs(response, oip.raw_outputs(oip.output_tensors(result), outputs), info)
     return response
 
 
 def _batch_response(request: Any, session_id: str, batch: Batch, applied: bool, info: dict[str, Any]) -> Any:
-    """A session batch's answer: `loss` (float64, one per loss of the session, in its order) and `stats` (its
-    sum, weight and count per loss), as the HTTP route's `results` give them, and whether it was a duplicate."""
+    """A session batch's answer: its outputs (`oip.batch_tensors`) and whether it was a duplicate."""
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=oip.VERSION, id=batch.batch_id)
     response.parameters["sequence_id"].string_param = session_id
     response.parameters["duplicate"].bool_param = not applied
     warnings = [w for ws in batch.warnings for w in ws]
     if warnings:
         response.parameters["warnings"].string_param = " ".join(warnings)
-    _output(response, "loss", torch.tensor(batch.losses, dtype=torch.float64), info)
-    stats = [[s.total.sum, s.total.weight, float(s.total.count)] for s in batch.stats]
-    _output(response, "stats", torch.tensor(stats, dtype=torch.float64).reshape(-1, 3), info)
+    _outputs(response, oip.raw_outputs(oip.batch_tensors(batch), ["loss", "stats"]), info)
     return response
 
 

@@ -1,4 +1,4 @@
-"""Imports go one way: the compute layer and the data plane know no HTTP or gRPC, the HTTP layer knows no torch,
+"""Imports go one way: the compute layer and the data plane know no HTTP or gRPC, the HTTP and gRPC layers know no torch,
 the data plane's modules import downwards only, and the modules shared by every request hold no state of their own
 at module level."""
 
@@ -30,6 +30,8 @@ DATA_PLANE = [SERVICE / f"{name}.py" for name in ("limits", "codec", "schemas", 
 """What every protocol shares: body and tensor codecs, request schemas, limits, validation and planning
 (`DataPlane`), the v2 inference protocol's core (HTTP's /v2 and gRPC both call `oip`)."""
 HTTP = sorted((SERVICE / "api").glob("*.py"))
+RPC = [p for p in sorted((SERVICE / "rpc").glob("*.py")) if not p.name.startswith("grpc_service_pb2")]
+"""The gRPC adapter, less the stubs generated from the proto."""
 
 PROTOCOL_LIBRARIES = {"fastapi", "starlette", "uvicorn", "uvicorn_worker", "gunicorn", "httptools", "httpx", "grpc"}
 PROTOCOL_LIBRARIES |= {"grpc_health", "grpc_reflection", "google"}  # google.protobuf: gRPC's messages
@@ -69,8 +71,8 @@ def _within(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 
 
-@pytest.mark.parametrize("path", HTTP, ids=lambda p: p.name)
-def test_http_layer_imports_no_torch(path: Path) -> None:
+@pytest.mark.parametrize("path", HTTP + RPC, ids=lambda p: p.relative_to(SERVICE).as_posix())
+def test_protocol_layers_import_no_torch(path: Path) -> None:
     assert "torch" not in _imports(path)
 
 
