@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: lock serve test lint typecheck pytest openapi proto docs install install-dev install-browser install-redis install-node install-bench bench bench-quick loadtest clean
+.PHONY: lock serve test lint typecheck pytest openapi proto docs install install-dev install-browser install-redis install-node install-podman container-build-early install-bench bench bench-quick loadtest clean
 
 # The runtime and development sets are installed from their lock files (every package pinned, every file's
 # sha256 checked: `make lock` writes them from requirements*.txt); the benchmark's extras from their pins only
@@ -37,7 +37,7 @@ lock:
 	rm -rf $(LOCK_VENV)
 
 install: $(VENV)/.runtime
-install-dev: $(VENV)/.dev install-browser install-redis install-node
+install-dev: $(VENV)/.dev install-browser install-redis install-node install-podman
 ## install-browser: Debian's chromium (as root, when missing) for tests/e2e/test_browser.py
 install-browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
@@ -48,6 +48,12 @@ install-redis:
 	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q redis-server >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1; }; }; } || \
 	  echo "redis-server is not installed: the session tests against Redis will fail until it is on PATH"
+## install-podman: Debian's podman, runc (for machines whose cgroups crun refuses) and debootstrap (as root, when
+## missing) for tests/e2e/test_container.py, which builds and runs the image
+install-podman:
+	@{ command -v podman && command -v runc && command -v debootstrap; } >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q podman runc debootstrap >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q podman runc debootstrap >/dev/null 2>&1; }; }; } || \
+	  echo "podman, runc or debootstrap is not installed: tests/e2e/test_container.py will fail until they are on PATH"
 install-bench: $(VENV)/.bench
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; }; }; } || \
@@ -57,8 +63,15 @@ install-bench: $(VENV)/.bench
 serve: install
 	$(PY) -m service
 
-## test: lint, format check, type check and the whole test suite
-test: install-dev lint typecheck pytest
+## test: lint, format check, type check and the whole test suite (the image's build starts first, in the
+## background, as soon as the runtime set and podman are installed; tests/e2e/test_container.py waits for it)
+test: $(VENV)/.runtime install-podman container-build-early install-dev lint typecheck pytest
+
+## container-build-early: scripts/container.sh build in the background (its log: /var/tmp/lossd-container/early.log);
+## its failure is reported by tests/e2e/test_container.py, which builds again
+container-build-early: $(VENV)/.runtime install-podman
+	@mkdir -p /var/tmp/lossd-container && \
+	  { PIP_PYTHON=$(PY) nohup scripts/container.sh build </dev/null >/var/tmp/lossd-container/early.log 2>&1 & }
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
@@ -67,8 +80,10 @@ lint: install-dev
 typecheck: install-dev
 	$(VENV)/bin/mypy service
 
+## pytest: the suites on two workers (test_container.py's on one of them, its group); scripts.container_report
+## prints the image size that test_container.py measured
 pytest: install-dev
-	$(PY) -m pytest -n 2
+	$(PY) -m pytest -n 2 --dist loadgroup -p scripts.container_report
 
 ## openapi: regenerate openapi/openapi.json from the app
 openapi: install
