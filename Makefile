@@ -25,6 +25,8 @@ $(VENV)/.bench: $(VENV)/.dev requirements-bench.txt
 ## lock: regenerate requirements.lock (requirements.txt) and requirements-dev.lock (requirements-dev.txt, the
 ## runtime versions kept) with pip-compile in a throwaway venv: every transitive dependency, hashes of every file
 ## of each version (torch's: the CPU wheel pip finds here). Existing pins are kept unless requirements*.txt move them.
+## Where pip finds no CPU wheel of torch, point it at PyTorch's CPU wheel index (the Dockerfile's TORCH_INDEX_URL):
+## PIP_EXTRA_INDEX_URL=<that index> make lock (a test fails if the lock's torch is not 2.13.0+cpu).
 LOCK_VENV := $(or $(TMPDIR),/tmp)/lossd-pip-tools
 PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe \
   --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --annotation-style line -c constraints.txt
