@@ -1,6 +1,6 @@
-"""Imports go one way: the compute layer and the data plane know no HTTP or gRPC, the HTTP and gRPC layers know no torch,
-the data plane's modules import downwards only, and the modules shared by every request hold no state of their own
-at module level."""
+"""Imports go one way: the compute layer and the data plane know no HTTP or gRPC, the HTTP and gRPC layers know
+no torch, the data plane's modules import downwards only, and the modules shared by every request hold no state of
+their own at module level."""
 
 from __future__ import annotations
 
