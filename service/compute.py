@@ -21,6 +21,7 @@ from service.errors import (
     InvalidTensor,
     Loc,
     ResourceExhausted,
+    SettingError,
     ShapeMismatch,
     TorchRejected,
 )
@@ -65,9 +66,9 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"LOSSD_DEVICE={name} but CUDA is not available")
+            raise SettingError("LOSSD_DEVICE", f"{name}, but CUDA is not available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"LOSSD_DEVICE={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise SettingError("LOSSD_DEVICE", f"{name}, but only {torch.cuda.device_count()} CUDA device(s) exist")
         return torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
     return device
 

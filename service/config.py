@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.errors import SettingError
 
 
 class Settings(BaseSettings):
@@ -47,7 +50,8 @@ class Settings(BaseSettings):
     (about 250 MB) and CUDA context. On SIGTERM every worker turns not ready and drains."""
 
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
-    """Log level for the service and uvicorn: `critical`, `error`, `warning`, `info`, `debug` or `trace`."""
+    """Log level for the service and uvicorn: `critical`, `error`, `warning`, `info`, `debug` or `trace` (in any
+    case)."""
 
     access_log: bool = True
     """One JSON line per request on stderr (at log level info and below), written in batches every 50 ms."""
@@ -78,7 +82,7 @@ class Settings(BaseSettings):
     """Dimensions of a tensor, which is also the deepest JSON nesting read (422 beyond)."""
 
     max_evaluate_entries: int = Field(64, ge=1)
-    """Losses in one /v1/evaluate request (413 beyond)."""
+    """Losses in one /v1/evaluate request, and in one session (413 beyond)."""
 
     api_keys: str | None = None
     """API keys that `Authorization: Bearer <key>` must match on every route but health: comma-separated,
@@ -161,6 +165,11 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0)
     """Intra-op threads for torch on CPU; 0 keeps torch's default (one per core)."""
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -190,6 +199,25 @@ class Settings(BaseSettings):
                 f"({self.max_work_bytes}): admitted work would be killed"
             )
         return self
+
+    def read_api_keys(self) -> list[str]:
+        """The configured API keys: a comma-separated list, or a file with one key per line (a path starting with
+        `/` or `./`, as a mounted Secret provides: it must be there). Read at start-up."""
+        value = (self.api_keys or "").strip()
+        if not value:
+            return []
+        if value.startswith(("/", "./")):
+            path = Path(value)
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise SettingError("LOSSD_API_KEYS", f"{value} is not a readable file ({exc.strerror})") from None
+        else:
+            text = value.replace(",", "\n")
+        keys = [key.strip() for key in text.splitlines() if key.strip()]
+        if not keys:
+            raise SettingError("LOSSD_API_KEYS", "set, but holds no key")
+        return keys
 
     @property
     def grpc_message_limit(self) -> int:

@@ -31,6 +31,16 @@ def quoted(name: str, limit: int = 100) -> str:
     return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
 
 
+class SettingError(ValueError):
+    """A setting the service cannot start with (a CUDA device that is not there, a key file that is missing),
+    found at start-up: `python -m service` prints it as one line naming the variable."""
+
+    def __init__(self, variable: str, message: str):
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+        self.message = message
+
+
 @dataclass(frozen=True)
 class ErrorDetail:
     """One thing wrong with a request: where it is and what was wrong with it."""

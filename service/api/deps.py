@@ -12,7 +12,6 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -83,21 +82,8 @@ class AppState:
 
     @property
     def api_keys(self) -> list[str]:
-        """The configured API keys: a comma-separated list, or a file with one key per line."""
-        value = (self.settings.api_keys or "").strip()
-        if not value:
-            return []
-        if value.startswith(("/", "./")):  # a file, as a mounted Secret provides: it must be there
-            path = Path(value)
-            if not path.is_file():
-                raise RuntimeError(f"LOSSD_API_KEYS names {value}, which is not a readable file")
-            text = path.read_text()
-        else:
-            text = value.replace(",", "\n")
-        keys = [key.strip() for key in text.splitlines() if key.strip()]
-        if not keys:
-            raise RuntimeError("LOSSD_API_KEYS is set but holds no key")
-        return keys
+        """The configured API keys (`Settings.read_api_keys`)."""
+        return self.settings.read_api_keys()
 
     async def not_ready(self) -> str | None:
         """Why the server is not ready (device failed, draining, device unusable), or None when it is."""

@@ -57,14 +57,40 @@ def test_readme_links_every_operations_document() -> None:
         assert f"(docs/{name}.md" in text, f"README.md does not link docs/{name}.md"
 
 
-def test_a_setting_the_service_cannot_use_stops_it_with_one_line_naming_it() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSD_")}
-    env |= {"LOSSD_LOG_LEVEL": "loud", "LOSSD_PORT": "99999"}
-    run = subprocess.run([sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize(
+    ("env", "lines"),
+    [
+        (
+            {"LOSSD_LOG_LEVEL": "loud", "LOSSD_PORT": "99999"},
+            [
+                "lossd: invalid LOSSD_LOG_LEVEL: Input should be 'critical', 'error', 'warning', 'info', 'debug' or "
+                "'trace'",
+                "lossd: invalid LOSSD_PORT: Input should be less than or equal to 65535",
+            ],
+        ),
+        (
+            {"LOSSD_API_KEYS": "/nonexistent/keys"},
+            ["lossd: invalid LOSSD_API_KEYS: /nonexistent/keys is not a readable file (No such file or directory)"],
+        ),
+        ({"LOSSD_API_KEYS": " , "}, ["lossd: invalid LOSSD_API_KEYS: set, but holds no key"]),
+        ({"LOSSD_DEVICE": "cuda:99"}, None),
+    ],
+    ids=["values", "key-file", "no-key", "device"],
+)
+def test_a_setting_the_service_cannot_use_stops_it_with_one_line_naming_it(
+    env: dict[str, str], lines: list[str] | None
+) -> None:
+    if lines is None:  # no such CUDA device, whether CUDA is there or not
+        import torch
+
+        found = f"only {torch.cuda.device_count()} CUDA device(s) exist" if torch.cuda.is_available() else None
+        lines = [f"lossd: invalid LOSSD_DEVICE: cuda:99, but {found or 'CUDA is not available'}"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LOSSD_")}
+    run = subprocess.run([sys.executable, "-m", "service"], env=clean | env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert sorted(lines) == [
-        "lossd: invalid LOSSD_LOG_LEVEL: Input should be 'critical', 'error', 'warning', 'info', 'debug' or 'trace'",
-        "lossd: invalid LOSSD_PORT: Input should be less than or equal to 65535",
-    ]
+    assert sorted(run.stderr.strip().splitlines()) == lines
+
+
+def test_log_level_is_read_in_any_case() -> None:
+    assert Settings(log_level="WARNING").log_level == "warning"
