@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from service import __version__, oip, schemas
 from service.api import docs, errors, health, sessions, v1, v2
 from service.api.deps import AppState
-from service.api.edge import PUBLIC_PATHS, AccessLog, Edge
+from service.api.edge import AccessLog, Edge, needs_key
 from service.api.metrics import Metrics
 from service.compute import resolve_device
 from service.config import Settings
@@ -190,7 +190,9 @@ def _document_errors(document: dict[str, Any]) -> None:
     format (FastAPI's own 422 for path parameters is lossd's table entry too)."""
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            statuses = {500, 503} | (set() if path in PUBLIC_PATHS else {401})
+            statuses = {500, 503} | ({401} if needs_key(path) else set())
+            if needs_key(path):  # a key when the server has keys, none when it has none
+                operation["security"] = [{"apiKey": []}, {}]
             if method == "post":
                 statuses |= {400, 413, 415, 422, 504}
             if "{" in path:
@@ -212,7 +214,14 @@ def build_openapi(app: FastAPI, plane: DataPlane) -> dict[str, Any]:
     for path, item in (v1.openapi_paths(plane.registry, plane.models) | sessions.openapi_paths()).items():
         document["paths"].setdefault(path, {}).update(item)
     _document_errors(document)
-    components = document.setdefault("components", {}).setdefault("schemas", {})
+    document.setdefault("components", {})["securitySchemes"] = {
+        "apiKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "One of LOSSD_API_KEYS, when the server is configured with keys; none is needed otherwise.",
+        }
+    }
+    components = document["components"].setdefault("schemas", {})
     components.update(schemas.EXTRA_SCHEMAS)
     models: list[type[BaseModel]] = [
         *plane.models.values(),

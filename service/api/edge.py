@@ -29,6 +29,18 @@ from service.errors import LossdError, Overloaded, PayloadTooLarge, Unauthorized
 log = logging.getLogger("lossd")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+"""Probes: answered without an API key."""
+DOCUMENT_PATHS = frozenset({"/openapi.json", "/docs", "/redoc"})
+DOCUMENT_ASSETS = "/docs/assets/"
+"""The API's own documents and their pages' assets: public too, so that a browser, which sends no key with a page,
+can show them. They describe the API (as the committed openapi/openapi.json does) and hold no data."""
+
+
+def needs_key(path: str) -> bool:
+    """Whether a request for `path` needs an API key (when keys are set)."""
+    return not (path in PUBLIC_PATHS or path in DOCUMENT_PATHS or path.startswith(DOCUMENT_ASSETS))
+
+
 """Routes that answer without an API key: orchestrators probe them."""
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -129,7 +141,7 @@ class Edge:
 
     def _refusal(self, path: str, headers: dict[bytes, bytes]) -> LossdError | None:
         """Why a request is refused before it is read: no valid key, or a declared body over the limit."""
-        if self.keys and path not in PUBLIC_PATHS and not valid_key(self.keys, headers.get(b"authorization", b"")):
+        if self.keys and needs_key(path) and not valid_key(self.keys, headers.get(b"authorization", b"")):
             return Unauthorized("a valid API key is required: send `Authorization: Bearer <key>`")
         declared = _declared(headers)
         if declared > self.limit:

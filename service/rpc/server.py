@@ -7,7 +7,8 @@ model's inference, `DataPlane.decoded_batch` for a session's batch), schedules t
 client's deadline as the timeout when it is shorter), and renders errors from the one error table
 (`service.api.errors.grpc_code`) with the same wording as HTTP. Each call is counted in the metrics and written
 to the access log with its request id (`x-request-id` metadata, or a generated one, returned in the trailing
-metadata). API keys are checked on every method but health, as `authorization: Bearer <key>` metadata.
+metadata). API keys are checked on every method but health and reflection, as `authorization: Bearer <key>`
+metadata.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ T = TypeVar("T")
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 """`inference.GRPCInferenceService`."""
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+REFLECTION = f"/{reflection.SERVICE_NAME}/"
+"""Reflection describes the service, as /openapi.json does over HTTP: it needs no API key (it counts as a call)."""
 STREAM = f"/{SERVICE}/ModelStreamInfer"
 
 
@@ -394,10 +397,10 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 
 
 class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """What every call but health passes: an API key (`authorization: Bearer <key>` metadata) when keys are set,
-    and a place among the `LOSSD_GRPC_MAX_CONCURRENT_RPCS` calls served at once (RESOURCE_EXHAUSTED beyond).
-    Health stays apart: probes answer even when the calls are all taken (gRPC's own limit leaves them
-    `HEALTH_HEADROOM` more)."""
+    """What every call but health passes: an API key (`authorization: Bearer <key>` metadata) when keys are set
+    (reflection needs none), and a place among the `LOSSD_GRPC_MAX_CONCURRENT_RPCS` calls served at once
+    (RESOURCE_EXHAUSTED beyond). Health stays apart: probes answer even when the calls are all taken (gRPC's own
+    limit leaves them `HEALTH_HEADROOM` more)."""
 
     HEALTH_HEADROOM = 16
 
@@ -412,9 +415,13 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or details.method.startswith(f"/{HEALTH}/"):
             return handler
-        if self.keys and not any(
-            key == "authorization" and valid_key(self.keys, str(value).encode("latin-1", "replace"))
-            for key, value in details.invocation_metadata or ()
+        if (
+            self.keys
+            and not details.method.startswith(REFLECTION)
+            and not any(
+                key == "authorization" and valid_key(self.keys, str(value).encode("latin-1", "replace"))
+                for key, value in details.invocation_metadata or ()
+            )
         ):
             self.state.metrics.rejections.labels(reason=Unauthorized.slug).inc()
             message = "a valid API key is required: send `authorization: Bearer <key>` metadata"
