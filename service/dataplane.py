@@ -22,7 +22,15 @@ from service import codec, compute, schemas
 from service.errors import ErrorDetail, InvalidRequest, Loc, LossdError, MalformedBody, ShapeMismatch, UnknownLoss
 from service.isolation import Task
 from service.limits import Limits
-from service.losses.registry import LossParams, LossSpec, LossTotals, Registry, TensorKind
+from service.losses.registry import (
+    LEGACY_REDUCTION_ARGS,
+    LossParams,
+    LossSpec,
+    LossTotals,
+    Registry,
+    TensorKind,
+    legacy_reduction,
+)
 from service.sessions.state import Merged, merge, totals_json
 
 T = TypeVar("T")
@@ -280,6 +288,7 @@ class DataPlane:
             if entry is None:
                 raise InvalidRequest("a loss entry is an object with a name and parameters", loc=here)
             spec = self._entry_spec(entry, here)
+            _refuse_legacy_none(spec, entry.model_extra or {}, here)
             try:
                 params = self.validate(spec.params, entry.model_extra or {}, spec)
             except LossdError as exc:
@@ -409,6 +418,20 @@ class DataPlane:
         except ValidationError as exc:
             legacy = payload if spec is not None and spec.legacy_reduction else None
             raise schemas.invalid_request(exc, model, legacy=legacy, hide=hide) from None
+
+
+def _refuse_legacy_none(spec: LossSpec, entry: dict[str, Any], here: Loc) -> None:
+    """A session's loss whose torch's deprecated `size_average`/`reduce` stand for reduction "none" is told that a
+    session cannot take that (rather than, as elsewhere, to send "none" instead)."""
+    legacy = [entry.get(name) for name in LEGACY_REDUCTION_ARGS]
+    if not spec.legacy_reduction or not all(v is None or isinstance(v, bool) for v in legacy):
+        return
+    if any(v is not None for v in legacy) and legacy_reduction(legacy[0], legacy[1]) == "none":
+        raise InvalidRequest(
+            'size_average and reduce are deprecated in torch, and "reduce": false stands for reduction "none", which '
+            'a session cannot accumulate (it has no dataset value): send "reduction": "mean" or "sum" instead',
+            loc=(*here, "reduce"),
+        )
 
 
 class _Pool:

@@ -581,3 +581,19 @@ def test_a_batch_reports_torchs_warnings(client: TestClient) -> None:
     assert "broadcast" in " ".join(result["warnings"])
     expected = F.mse_loss(torch.tensor([[1.0], [2.0]]), torch.tensor([0.0, 1.0]))  # torch warns the same way
     wire.assert_same(result["loss"], expected)  # the batch's own value: torch's
+
+
+@pytest.mark.parametrize("legacy", [{"reduce": False}, {"reduce": False, "size_average": True}])
+def test_deprecated_reduce_false_tells_what_a_session_takes(client: TestClient, legacy: dict[str, Any]) -> None:
+    assert torch.nn._reduction.legacy_get_string(legacy.get("size_average"), legacy["reduce"], emit_warning=False) == (
+        "none"
+    )
+    response = client.post("/v1/sessions", json={"losses": [{"name": "mse"}, {"name": "cross_entropy", **legacy}]})
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["errors"][0]["loc"] == ["body", "losses", 1, "reduce"]
+    assert 'send "reduction": "mean" or "sum" instead' in problem["detail"]
+    sent = {"name": "cross_entropy", "reduce": True, "size_average": False}  # stands for "sum": told to send it
+    response = client.post("/v1/sessions", json={"losses": [sent]})
+    assert response.status_code == 422
+    assert 'send "reduction": "sum" instead' in response.json()["detail"]
