@@ -36,6 +36,7 @@ from service.errors import (
     MalformedBody,
     PayloadTooLarge,
     UnsupportedMediaType,
+    dotted,
 )
 from service.limits import DEFAULTS, Limits
 from service.losses.registry import TensorKind
@@ -118,7 +119,7 @@ def _check_keys(body: bytes, value: Any) -> None:
     repeated = _repeated_key(body)
     if repeated is not None:
         *where, key = repeated
-        place = f"the object at {_dotted(('body', *where))}" if where else "the top-level object"
+        place = f"the object at {dotted(('body', *where))}" if where else "the top-level object"
         raise InvalidRequest(
             f"the key {key!r} appears more than once in {place}; a JSON object must not repeat a key",
             loc=repeated,
@@ -459,7 +460,7 @@ def from_bytes(raw: bytes | memoryview, dtype: torch.dtype, shape: list[int], lo
     itemsize = torch.empty((), dtype=dtype).element_size()
     if math.prod(shape) * itemsize != len(raw):
         raise InvalidTensor(
-            f"{_dotted(loc)}: shape {shape} of {DTYPE_NAMES[dtype]} needs {math.prod(shape) * itemsize} bytes, "
+            f"{dotted(loc)}: shape {shape} of {DTYPE_NAMES[dtype]} needs {math.prod(shape) * itemsize} bytes, "
             f"got {len(raw)}",
             loc=loc,
         )
@@ -509,10 +510,11 @@ def _cast(t: Tensor, dtype: torch.dtype, loc: Loc) -> Tensor:
         bad |= ~torch.isfinite(t) | (t != t.trunc())
     if bool(bad.any()):
         where = tuple(int(i) for i in torch.nonzero(bad.reshape(-1))[0])
+        place = (*loc, *where)
         raise InvalidTensor(
-            f"value {t.reshape(-1)[where].item()} at index {where[0]} does not fit {DTYPE_NAMES[dtype]} "
+            f"{dotted(place)}: value {t.reshape(-1)[where].item()} does not fit {DTYPE_NAMES[dtype]} "
             f"(integers {low} to {high})",
-            loc=(*loc, *where),
+            loc=place,
         )
     return t.to(dtype)
 
@@ -522,9 +524,7 @@ def _nested_to_tensor(value: Any, loc: Loc, max_dims: int) -> Tensor:
     if isinstance(value, np.ndarray):  # a flat array the fast JSON path already read
         return torch.from_numpy(value.copy() if not value.flags.writeable else value)
     if not isinstance(value, int | float | str | list):
-        raise InvalidTensor(
-            f"{_dotted(loc)}: expected a number or an array of numbers, got {_describe(value)}", loc=loc
-        )
+        raise InvalidTensor(f"{dotted(loc)}: expected a number or an array of numbers, got {_describe(value)}", loc=loc)
     try:
         array = np.array(value)
     except (ValueError, OverflowError):
@@ -542,7 +542,7 @@ def _slow_path(value: Any, loc: Loc, max_dims: int) -> np.ndarray:
     problem = _first_problem(value, shape, loc)
     if problem is not None:
         where, msg = problem
-        raise InvalidTensor(f"{_dotted(where)}: {msg}", loc=where)
+        raise InvalidTensor(f"{dotted(where)}: {msg}", loc=where)
     return np.array(_replace_tokens(value), dtype=np.float64)
 
 
@@ -552,7 +552,7 @@ def _leading_shape(value: Any, loc: Loc, max_dims: int) -> list[int]:
         shape.append(len(value))
         if len(shape) > max_dims:
             raise InvalidTensor(
-                f"{_dotted(loc)}: more than {max_dims} nested dimensions",
+                f"{dotted(loc)}: more than {max_dims} nested dimensions",
                 loc=loc,
                 limit=max_dims,
                 actual=len(shape),
@@ -599,11 +599,6 @@ def _describe(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return f"{type(value).__name__} {value!r}"
-
-
-def _dotted(loc: Loc) -> str:
-    head, *rest = loc
-    return str(head) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest)
 
 
 # --- encoding -------------------------------------------------------------------------------------

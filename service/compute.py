@@ -24,6 +24,7 @@ from service.errors import (
     SettingError,
     ShapeMismatch,
     TorchRejected,
+    dotted,
 )
 from service.losses import checks
 from service.losses.registry import LossParams, LossSpec, LossTotals, TensorArg, TensorKind, Terms, Totals
@@ -86,10 +87,10 @@ def narrows(source: torch.dtype, target: torch.dtype) -> bool:
 def refuse_overflow(source: Tensor, converted: Tensor, loc: Loc, *, flat: bool = True, note: str = "") -> Tensor:
     """`converted` (`source` converted to a floating dtype by torch), unless the conversion made a finite number
     infinite (IEEE rounding: past the largest value by half a step or more; 65519 rounds to float16's 65504, 65520
-    to infinity): that is an InvalidTensor at the first such element, saying the dtype's largest value (and `note`,
-    where the dtype came from). Costs one reduction over `converted` (`_all_finite`) only when the conversion
-    `narrows`, and a second pass only when it holds an infinity or NaN; never a Python loop. "Infinity" sent as
-    such stays infinite.
+    to infinity): that is an InvalidTensor at the first such element, led by its place in the request (`dotted`:
+    `input.data[1]: value 70000 exceeds ...`), saying the dtype's largest value (and `note`, where the dtype came
+    from). Costs one reduction over `converted` (`_all_finite`) only when the conversion `narrows`, and a second
+    pass only when it holds an infinity or NaN; never a Python loop. "Infinity" sent as such stays infinite.
 
     `loc`: where `source`'s numbers are in the request; the element is at its flat index in it (`flat`, a `data`
     array), else at its index in nested arrays."""
@@ -99,12 +100,11 @@ def refuse_overflow(source: Tensor, converted: Tensor, loc: Loc, *, flat: bool =
     if not bool(bad.any()):
         return converted
     index = int(torch.nonzero(bad.reshape(-1))[0, 0])
-    where = (index,) if flat else checks.first_index(bad)
-    at = "" if not where else f" at index {where[0] if len(where) == 1 else list(where)}"
+    place = (*loc, *((index,) if flat else checks.first_index(bad)))
     value, largest = source.reshape(-1)[index].item(), torch.finfo(converted.dtype).max
     raise InvalidTensor(
-        f"value {value}{at} exceeds the range of {checks.dtype_name(converted)} (max {largest:.8g}){note}",
-        loc=(*loc, *where),
+        f"{dotted(place)}: value {value} exceeds the range of {checks.dtype_name(converted)} (max {largest:.8g}){note}",
+        loc=place,
     )
 
 

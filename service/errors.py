@@ -31,6 +31,14 @@ def quoted(name: str, limit: int = 100) -> str:
     return repr(name) if len(name) <= limit else f"{name[:limit]!r}... ({len(name)} characters)"
 
 
+def dotted(loc: Loc) -> str:
+    """A place in the request as a message leads with it: `("input", "data", 3)` is `input.data[3]`,
+    `("target", 0, 1)` is `target[0][1]`, `("beta",)` is `beta`. Over the v2 protocol and gRPC, where a client
+    sees only the message, it is the only word of where."""
+    head, *rest = loc
+    return str(head) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest)
+
+
 class SettingError(ValueError):
     """A setting the service cannot start with (a CUDA device that is not there, a key file that is missing),
     found at start-up: `python -m service` prints it as one line naming the variable."""

@@ -14,7 +14,7 @@ import itertools
 import math
 import socket
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -327,9 +327,18 @@ def _overflows(value: float, dtype: torch.dtype) -> bool:
     return bool(torch.tensor(value, dtype=torch.float64).to(dtype).isinf())
 
 
-def _overflow_msg(value: Any, index: int, dtype: torch.dtype) -> str:
+def _place(loc: Sequence[Any]) -> str:
+    """`loc` as a message leads with it: `input.data[1]`, `target[0][1]`, `input` (written out here, not taken from
+    the service)."""
+    head, *rest = loc
+    return str(head) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest)
+
+
+def _overflow_msg(value: Any, loc: Sequence[Any], dtype: torch.dtype) -> str:
+    """The message of `value` at `loc` past `dtype`'s range: `loc` is the error's loc without its `body` (and a
+    shared tensor's `tensors`), or in an evaluate entry that renames it, the argument the loss reads it as."""
     largest = torch.finfo(dtype).max
-    return f"value {value} at index {index} exceeds the range of {wire.NAMES[dtype]} (max {largest:.8g})"
+    return f"{_place(loc)}: value {value} exceeds the range of {wire.NAMES[dtype]} (max {largest:.8g})"
 
 
 FLOATS = [torch.float16, torch.bfloat16, torch.float32]
@@ -352,8 +361,9 @@ def test_flat_data_past_the_dtype_is_refused(client: TestClient, dtype: torch.dt
         body = {"input": {"data": [1.0, value], "dtype": wire.NAMES[dtype]}, "target": [1.0, 2.0]}
         response = client.post("/v1/losses/l1", json=body)
         if _overflows(value, dtype):
-            message = _problem(response, ["body", "input", "data", 1], "invalid-tensor")
-            assert message == _overflow_msg(float(value), 1, dtype)
+            loc = ["body", "input", "data", 1]
+            message = _problem(response, loc, "invalid-tensor")
+            assert message == _overflow_msg(float(value), loc[1:], dtype)
         else:
             assert response.status_code == 200, response.text
             x = torch.tensor([1.0, value], dtype=torch.float64).to(dtype)
@@ -368,7 +378,7 @@ def test_float16_examples(client: TestClient) -> None:
         response = client.post("/v1/losses/l1", json=body)
         if refused:
             message = _problem(response, ["body", "input", "data", 0], "invalid-tensor")
-            assert message == f"value {float(value)} at index 0 exceeds the range of float16 (max 65504)"
+            assert message == f"input.data[0]: value {float(value)} exceeds the range of float16 (max 65504)"
         else:
             assert response.status_code == 200
             x = torch.tensor([value, 0.0]).to(torch.float16)
@@ -389,8 +399,9 @@ def test_non_finite_values_sent_as_such_stay(client: TestClient) -> None:
 
 def test_integers_past_a_float_dtype_are_refused(client: TestClient) -> None:
     body = {"input": {"data": [1, 2**40], "dtype": "float16"}, "target": [0.0, 0.0]}
-    message = _problem(client.post("/v1/losses/l1", json=body), ["body", "input", "data", 1], "invalid-tensor")
-    assert message == _overflow_msg(2**40, 1, torch.float16)
+    loc = ["body", "input", "data", 1]
+    message = _problem(client.post("/v1/losses/l1", json=body), loc, "invalid-tensor")
+    assert message == _overflow_msg(2**40, loc[1:], torch.float16)
 
 
 def test_base64_bytes_cannot_overflow(client: TestClient) -> None:
@@ -405,16 +416,18 @@ def test_base64_bytes_cannot_overflow(client: TestClient) -> None:
 def test_overflow_in_evaluate_and_session_batches(client: TestClient) -> None:
     tensors = {"input": {"data": [1.0, 1e39], "dtype": "float32"}, "target": [0.0, 0.0]}
     response = client.post("/v1/evaluate", json={"tensors": tensors, "losses": [{"name": "mse"}]})
-    message = _problem(response, ["body", "tensors", "input", "data", 1], "invalid-tensor")
-    assert message == _overflow_msg(1e39, 1, torch.float32)
+    loc = ["body", "tensors", "input", "data", 1]
+    message = _problem(response, loc, "invalid-tensor")
+    assert message == _overflow_msg(1e39, loc[2:], torch.float32)  # a shared tensor's place is its key's
 
     created = client.post("/v1/sessions", json={"losses": [{"name": "l1", "reduction": "sum"}]})
     assert created.status_code == 201, created.text
     session = created.json()["id"]
     batch = {"batch_id": "b1", "tensors": {"input": {"data": [3.4e38], "dtype": "bfloat16"}, "target": [0.0]}}
     response = client.post(f"/v1/sessions/{session}/batches", json=batch)
-    message = _problem(response, ["body", "tensors", "input", "data", 0], "invalid-tensor")
-    assert message.endswith(_overflow_msg(3.4e38, 0, torch.bfloat16))
+    loc = ["body", "tensors", "input", "data", 0]
+    message = _problem(response, loc, "invalid-tensor")
+    assert message.endswith(_overflow_msg(3.4e38, loc[2:], torch.bfloat16))
     batch = {"batch_id": "b1", "tensors": {"input": {"data": [3.3e38], "dtype": "bfloat16"}, "target": [0.0]}}
     response = client.post(f"/v1/sessions/{session}/batches", json=batch)
     assert response.status_code == 200, response.text
@@ -436,7 +449,7 @@ def test_v2_json_data_past_the_datatype(client: TestClient, datatype: str, dtype
     ]
     response = client.post("/v2/models/l1/infer", json={"inputs": inputs})
     assert response.status_code == 400
-    assert response.json() == {"error": _overflow_msg(too_large, 1, dtype)}
+    assert response.json() == {"error": _overflow_msg(too_large, ["input", "data", 1], dtype)}
     inputs[0]["data"] = [0.5, 1.5]
     response = client.post("/v2/models/l1/infer", json={"inputs": inputs})
     assert response.status_code == 200, response.text
@@ -458,16 +471,17 @@ def test_untyped_examples(client: TestClient) -> None:
     default, or the dtype of the floating argument that declares one."""
     response = client.post("/v1/losses/mse", json={"input": [1e39], "target": [0.0]})
     message = _problem(response, ["body", "input", 0], "invalid-tensor")
-    assert message == "value 1e+39 at index 0 exceeds the range of float32 (max 3.4028235e+38)" + DEFAULT_NOTE
+    assert message == "input[0]: value 1e+39 exceeds the range of float32 (max 3.4028235e+38)" + DEFAULT_NOTE
     body = {"input": {"data": [1.0], "dtype": "float16"}, "target": [70000]}
     message = _problem(client.post("/v1/losses/mse", json=body), ["body", "target", 0], "invalid-tensor")
     assert (
         message
-        == "value 70000 at index 0 exceeds the range of float16 (max 65504), the dtype `target` takes from `input`"
+        == "target[0]: value 70000 exceeds the range of float16 (max 65504), the dtype `target` takes from `input`"
     )
     body = {"input": {"data": [1.0, 2.0], "dtype": "float16"}, "target": [1, 2**40]}  # integers, shown as sent
-    message = _problem(client.post("/v1/losses/mse", json=body), ["body", "target", 1], "invalid-tensor")
-    assert message == _overflow_msg(2**40, 1, torch.float16) + _inherited("target")
+    loc = ["body", "target", 1]
+    message = _problem(client.post("/v1/losses/mse", json=body), loc, "invalid-tensor")
+    assert message == _overflow_msg(2**40, loc[1:], torch.float16) + _inherited("target")
     _still_works(client)
 
 
@@ -481,7 +495,7 @@ def test_untyped_numbers_past_the_default_float32(client: TestClient, form: str)
         if _overflows(value, torch.float32):
             loc = ["body", "input", 1] if form == "nested" else ["body", "input", "data", 1]
             message = _problem(response, loc, "invalid-tensor")
-            assert message == _overflow_msg(float(value), 1, torch.float32) + DEFAULT_NOTE
+            assert message == _overflow_msg(float(value), loc[1:], torch.float32) + DEFAULT_NOTE
         else:
             assert response.status_code == 200, response.text
             x = torch.tensor([1.0, value], dtype=torch.float64).to(torch.float32)
@@ -496,9 +510,9 @@ def test_untyped_numbers_past_an_inherited_dtype(client: TestClient, dtype: torc
         body = {"input": {"data": [1.0, 2.0], "dtype": wire.NAMES[dtype]}, "target": [[1.0, value]]}
         response = client.post("/v1/losses/l1", json=body)
         if _overflows(value, dtype):
-            message = _problem(response, ["body", "target", 0, 1], "invalid-tensor")
-            expected = _overflow_msg(float(value), 1, dtype).replace("at index 1", "at index [0, 1]")
-            assert message == expected + _inherited("target")
+            loc = ["body", "target", 0, 1]
+            message = _problem(response, loc, "invalid-tensor")
+            assert message == _overflow_msg(float(value), loc[1:], dtype) + _inherited("target")
         else:
             assert response.status_code == 200, response.text
             x = torch.tensor([1.0, 2.0]).to(dtype)
@@ -537,26 +551,17 @@ def test_untyped_forms_name_the_element(client: TestClient) -> None:
     by its field; class probabilities (untyped numbers of `input`'s shape) take `input`'s dtype too."""
     half = {"data": [1.0, 2.0, 3.0, 4.0], "shape": [2, 2], "dtype": "float16"}
     cases = [
-        ("mse", {"input": half, "target": {"data": [0, 0, 0, 1e5], "shape": [2, 2]}}, ["target", "data", 3], "3"),
-        ("mse", {"input": half, "target": [[0, 0], [1e5, 0]]}, ["target", 1, 0], "[1, 0]"),
-        ("mse", {"input": 1e39, "target": 0.0}, ["input"], None),
-        (
-            "cross_entropy",
-            {"input": {**half, "shape": [1, 4]}, "target": [[0.5, 1e5, 0.0, 0.0]]},
-            ["target", 0, 1],
-            "[0, 1]",
-        ),
+        ("mse", {"input": half, "target": {"data": [0, 0, 0, 1e5], "shape": [2, 2]}}, ["target", "data", 3]),
+        ("mse", {"input": half, "target": [[0, 0], [1e5, 0]]}, ["target", 1, 0]),
+        ("mse", {"input": 1e39, "target": 0.0}, ["input"]),
+        ("cross_entropy", {"input": {**half, "shape": [1, 4]}, "target": [[0.5, 1e5, 0.0, 0.0]]}, ["target", 0, 1]),
     ]
-    for name, body, loc, index in cases:
+    for name, body, loc in cases:
         dtype = torch.float32 if loc == ["input"] else torch.float16
         message = _problem(client.post(f"/v1/losses/{name}", json=body), ["body", *loc], "invalid-tensor")
         value = 1e39 if dtype == torch.float32 else 1e5
-        at = f" at index {index}" if index is not None else ""
         note = DEFAULT_NOTE if dtype == torch.float32 else _inherited("target")
-        assert (
-            message
-            == f"value {value}{at} exceeds the range of {wire.NAMES[dtype]} (max {torch.finfo(dtype).max:.8g}){note}"
-        )
+        assert message == _overflow_msg(value, loc, dtype) + note
     # integers cannot overflow float32 (int64's largest is far below its range): read as torch reads them
     response = client.post("/v1/losses/l1", json={"input": [2**62, 1], "target": [0, 0]})
     assert response.status_code == 200, response.text
@@ -567,8 +572,9 @@ def test_untyped_forms_name_the_element(client: TestClient) -> None:
 def test_untyped_non_finite_tokens_stay_and_do_not_hide_an_overflow(client: TestClient) -> None:
     """ "Infinity" and "NaN" sent as such are what was sent; a number that overflows next to them is still found."""
     body = {"input": ["NaN", "Infinity", "-Infinity", 1e39], "target": [0.0, 0.0, 0.0, 0.0]}
-    message = _problem(client.post("/v1/losses/l1", json=body), ["body", "input", 3], "invalid-tensor")
-    assert message == _overflow_msg(1e39, 3, torch.float32) + DEFAULT_NOTE
+    loc = ["body", "input", 3]
+    message = _problem(client.post("/v1/losses/l1", json=body), loc, "invalid-tensor")
+    assert message == _overflow_msg(1e39, loc[1:], torch.float32) + DEFAULT_NOTE
     body = {"input": ["NaN", "Infinity", "-Infinity", 3.4e38], "target": [0.0, 0.0, 0.0, 0.0], "reduction": "none"}
     response = client.post("/v1/losses/l1", json=body)
     assert response.status_code == 200, response.text
@@ -594,7 +600,9 @@ def test_untyped_overflow_in_evaluate_and_session_batches(client: TestClient) ->
     refused, computed = response.json()["results"]
     assert refused["status"] == 422, refused
     assert refused["type"] == "/problems/invalid-tensor", refused
-    message = _overflow_msg(70000.0, 0, torch.float16) + _inherited("target")
+    # the message names the element as the loss reads it (its argument `target`, as the note and the loss's other
+    # checks do: "class index 5 at target[0]"), the loc the shared tensor it is in
+    message = _overflow_msg(70000.0, ["target", 0], torch.float16) + _inherited("target")
     assert refused["errors"] == [{"loc": ["body", "tensors", "y", 0], "msg": message}]
     assert computed["status"] == 200, computed
     wire.assert_same(computed["loss"], F.mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([70000.0, 1.0])))
@@ -604,8 +612,9 @@ def test_untyped_overflow_in_evaluate_and_session_batches(client: TestClient) ->
     session = created.json()["id"]
     batch = {"batch_id": "b1", "tensors": {"input": {"data": [1.0], "dtype": "bfloat16"}, "target": [1e39]}}
     response = client.post(f"/v1/sessions/{session}/batches", json=batch)
-    message = _problem(response, ["body", "tensors", "target", 0], "invalid-tensor")
-    assert message == _overflow_msg(1e39, 0, torch.bfloat16) + _inherited("target")
+    loc = ["body", "tensors", "target", 0]
+    message = _problem(response, loc, "invalid-tensor")
+    assert message == _overflow_msg(1e39, loc[2:], torch.bfloat16) + _inherited("target")
     batch = {"batch_id": "b1", "tensors": {"input": [[3.4e38]], "target": [[1e38]]}}
     response = client.post(f"/v1/sessions/{session}/batches", json=batch)
     assert response.status_code == 200, response.text
@@ -615,7 +624,7 @@ def test_untyped_overflow_in_evaluate_and_session_batches(client: TestClient) ->
     response = client.post(f"/v1/sessions/{session}/batches", json=batch)
     message = _problem(response, ["body", "tensors", "input", 0, 0], "invalid-tensor")
     assert message.endswith(
-        "value 3.5e+38 at index [0, 0] exceeds the range of float32 (max 3.4028235e+38)" + DEFAULT_NOTE
+        "input[0][0]: value 3.5e+38 exceeds the range of float32 (max 3.4028235e+38)" + DEFAULT_NOTE
     )
     client.delete(f"/v1/sessions/{session}")
     _still_works(client)
@@ -636,8 +645,9 @@ def test_an_untyped_number_past_float32_is_found_among_many(form: str) -> None:
 
     with pytest.raises(InvalidTensor) as info:
         prepare()
-    assert info.value.errors[0].loc == (("input", 876_543) if form == "nested" else ("input", "data", 876_543))
-    assert info.value.detail == _overflow_msg(1e39, 876_543, torch.float32) + DEFAULT_NOTE
+    loc = ("input", 876_543) if form == "nested" else ("input", "data", 876_543)
+    assert info.value.errors[0].loc == loc
+    assert info.value.detail == _overflow_msg(1e39, loc, torch.float32) + DEFAULT_NOTE
     values[876_543] = torch.finfo(torch.float32).max
     assert torch.equal(prepare()["input"], torch.from_numpy(values).to(torch.float32))
 

@@ -231,8 +231,9 @@ def test_metadata_and_readiness_match_http(server: Server) -> None:
 
 
 def test_errors_have_the_http_wording(server: Server) -> None:
-    """A bad class index, an unknown model, a raw blob that disagrees with its shape, inputs given twice: each
-    has its status code and the very message HTTP gives, and the next call works."""
+    """A bad class index, an unknown model, a raw blob that disagrees with its shape, inputs given twice, an integer
+    its datatype cannot hold: each has its status code and the very message HTTP gives (the element's place, where
+    the message leads with it, at gRPC's field), and the next call works."""
     x, t = randn(2, 3, seed=1).float(), torch.tensor([0, 7])
     body = {"input": x.tolist(), "target": t.tolist()}
     http = httpx.post(f"{server.url}/v1/losses/cross_entropy", json=body).json()
@@ -264,6 +265,18 @@ def test_errors_have_the_http_wording(server: Server) -> None:
     code, detail = code_of(lambda: server.stub.ModelInfer(half))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "raw_input_contents" in detail
+
+    wide = request("cross_entropy", {"input": x, "target": torch.tensor([0, 300], dtype=torch.int32)}, raw=False)
+    wide.inputs[1].datatype = "INT8"
+    code, detail = code_of(lambda: server.stub.ModelInfer(wide))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail == "target.contents[1]: value 300 does not fit int8 (integers -128 to 127)"
+    inputs = [
+        {"name": "input", "shape": [2, 3], "datatype": "FP32", "data": x.reshape(-1).tolist()},
+        {"name": "target", "shape": [2], "datatype": "INT8", "data": [0, 300]},
+    ]
+    http = httpx.post(f"{server.url}/v2/models/cross_entropy/infer", json={"inputs": inputs}).json()
+    assert http == {"error": detail.replace("target.contents[", "target.data[")}
     _still_works(server)
 
 

@@ -17,6 +17,7 @@ import torch
 from service import codec
 from service.errors import InvalidRequest, InvalidTensor, MalformedBody, PayloadTooLarge
 from service.losses.registry import TensorKind
+from service.rpc import grpc_service_pb2 as pb
 from tests import wire
 
 ALL_DTYPES = list(codec.DTYPES.values())
@@ -138,6 +139,23 @@ def _loc(value: Any, kind: TensorKind = TensorKind.FLOAT) -> tuple[Any, ...]:
 )
 def test_bad_payloads_name_the_place(value: Any, loc: tuple[Any, ...]) -> None:
     assert _loc(value) == loc
+
+
+def test_an_integer_past_its_dtype_is_named_by_its_place() -> None:
+    """The message leads with the element's place, as over the v2 protocol and gRPC the message is all a client
+    sees: `data` in JSON (a flat index, however nested the array), `contents` in gRPC's typed contents."""
+    with pytest.raises(InvalidTensor) as info:
+        codec.decode_tensor({"data": [1, 300], "dtype": "int8"}, "target")
+    assert info.value.errors[0].loc == ("target", "data", 1)
+    assert info.value.detail == "target.data[1]: value 300 does not fit int8 (integers -128 to 127)"
+    with pytest.raises(InvalidTensor) as info:
+        codec.decode_v2("target", "UINT8", [2, 2], [[0, 1], [-1, 2]], None)
+    assert info.value.errors[0].loc == ("target", "data", 2)
+    assert info.value.detail == "target.data[2]: value -1 does not fit uint8 (integers 0 to 255)"
+    with pytest.raises(InvalidTensor) as info:
+        codec.decode_v2_contents("target", "INT8", [2], pb.InferTensorContents(int_contents=[0, 300]))
+    assert info.value.errors[0].loc == ("target", "contents", 1)
+    assert info.value.detail == "target.contents[1]: value 300 does not fit int8 (integers -128 to 127)"
 
 
 def test_b64_default_dtype_by_kind() -> None:
@@ -469,11 +487,15 @@ def test_a_number_past_a_float_dtype_is_found_among_many(dtype: torch.dtype) -> 
     with pytest.raises(InvalidTensor) as info:
         codec.decode_tensor({"data": values.tolist(), "dtype": name}, "input")
     assert info.value.errors[0].loc == ("input", "data", 876_543)
-    assert f"exceeds the range of {name} (max {torch.finfo(dtype).max:.8g})" in info.value.detail
+    message = (
+        f"input.data[876543]: value {values[876_543]} exceeds the range of {name} (max {torch.finfo(dtype).max:.8g})"
+    )
+    assert info.value.detail == message
     datatype = {torch.float16: "FP16", torch.bfloat16: "BF16", torch.float32: "FP32"}[dtype]
     with pytest.raises(InvalidTensor) as info:
         codec.decode_v2("input", datatype, [1000, 1000], values.reshape(1000, 1000).tolist(), None)
     assert info.value.errors[0].loc == ("input", "data", 876_543)
+    assert info.value.detail == message  # the place in the flat `data`, however nested the array
     values[876_543] = torch.finfo(dtype).max
     decoded = codec.decode_tensor({"data": values.tolist(), "dtype": name}, "input").tensor
     assert torch.equal(decoded, torch.from_numpy(values).to(dtype))
