@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Any, Literal, get_args
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from service.errors import UnknownLoss, close_matches
@@ -64,6 +64,15 @@ class LossParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     reduction: Reduction = Field("mean", description="How per-element losses are reduced: none, mean or sum.")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_int64(cls, value: Any) -> Any:
+        """torch takes integer arguments as int64 (`ignore_index`, `blank`, `p`): a larger one would be refused by
+        torch's argument parser ("Overflow when unpacking long long"), without naming the parameter."""
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise ValueError(f"{value} does not fit in 64 bits (torch takes integer parameters as int64)")
+        return value
 
 
 Check = Callable[[Mapping[str, Tensor], Any], Sequence[str]]

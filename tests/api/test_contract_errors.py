@@ -713,3 +713,39 @@ def test_grpc_parameters(grpc_stub: Any) -> None:
     response = grpc_stub.ModelInfer(_grpc_request("cross_entropy", x, t, label_smoothing=0.1))
     loss = torch.frombuffer(bytearray(response.raw_output_contents[0]), dtype=torch.float32)
     assert torch.equal(loss.reshape(()), F.cross_entropy(x, t, label_smoothing=0.1))
+
+
+INT_BODIES: dict[str, dict[str, Any]] = {
+    "cross_entropy": {"input": [[1.0, 2.0]], "target": [0]},
+    "nll": {"input": [[-1.0, -2.0]], "target": [1]},
+    "ctc": {
+        "log_probs": [[[-1.2, -0.9, -1.2]], [[-0.7, -1.5, -1.2]], [[-1.0, -1.0, -1.3]]],
+        "targets": [[1, 2]],
+        "input_lengths": [3],
+        "target_lengths": [2],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "value"),
+    [("cross_entropy", "ignore_index", 2**63), ("nll", "ignore_index", -(2**63) - 1), ("ctc", "blank", 2**70)],
+)
+def test_an_integer_parameter_beyond_int64_is_named(client: TestClient, name: str, field: str, value: int) -> None:
+    """torch takes integer parameters as int64: past it, its argument parser refuses the call without naming the
+    parameter; lossd names it. int64's own extremes are torch's to judge (as `ignore_index` they are accepted)."""
+    with pytest.raises((RuntimeError, ValueError), match="Overflow"):  # what torch itself does with such a value
+        F.cross_entropy(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), ignore_index=value)
+    message = _problem(client.post(f"/v1/losses/{name}", json={**INT_BODIES[name], field: value}), ["body", field])
+    if value == 2**63:  # read as an integer (it fits 64 unsigned bits)
+        assert message == f"Value error, {value} does not fit in 64 bits (torch takes integer parameters as int64)"
+    else:  # the JSON parser reads an integer beyond 64 bits as a float: not an integer
+        assert message == "Input should be a valid integer"
+    _still_works(client)
+    if field == "ignore_index":
+        extreme = 2**63 - 1 if value > 0 else -(2**63)
+        response = client.post(f"/v1/losses/{name}", json={**INT_BODIES[name], field: extreme})
+        assert response.status_code == 200, response.text
+        fn = {"cross_entropy": F.cross_entropy, "nll": F.nll_loss}[name]
+        x, t = torch.tensor(INT_BODIES[name]["input"]), torch.tensor(INT_BODIES[name]["target"])
+        wire.assert_same(response.json()["loss"], fn(x, t, ignore_index=extreme))
