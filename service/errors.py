@@ -125,7 +125,7 @@ class UnknownLoss(NotFound):
 
 
 class InvalidRequest(LossdError):
-    """The request's fields do not match the loss's schema: unknown, missing or out-of-range fields."""
+    """The request's fields do not match their schema: unknown, missing or out-of-range fields."""
 
     slug = "invalid-request"
     title = "Invalid request"

@@ -268,7 +268,7 @@ def invalid_request(
     summary = "; ".join(f"{'.'.join(map(str, d.loc)) or 'body'}: {d.msg}" for d in details[:5])
     if len(kept) > MAX_ERRORS:
         summary += f" (and {len(kept) - 5} more; the first {MAX_ERRORS} are in `errors`)"
-    return InvalidRequest(f"the request does not match the loss's schema: {summary}", errors=details)
+    return InvalidRequest(f"the request does not match its schema: {summary}", errors=details)
 
 
 MAX_ERRORS = 100
