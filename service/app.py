@@ -17,6 +17,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.responses import Response
 
 from service import __version__, oip, schemas
 from service.api import docs, errors, health, sessions, v1, v2
@@ -95,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # added last, so outermost: preflights need no key, and every answer carries its headers
         app.add_middleware(
-            CORSMiddleware,
+            Cors,
             allow_origins=origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["*"],
@@ -206,6 +208,17 @@ def _document_errors(document: dict[str, Any]) -> None:
     schemas_ = document.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas_.pop(unused, None)
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS, whose refusal of a preflight is a problem document, as every other error is."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")  # "origin, method, headers"
+        return errors.render(errors.CorsRefused(f"CORS preflight refused; not allowed: {refused}"))
 
 
 def build_openapi(app: FastAPI, plane: DataPlane) -> dict[str, Any]:

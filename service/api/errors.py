@@ -75,6 +75,13 @@ class InternalError(LossdError):
     title = "Internal server error"
 
 
+class CorsRefused(LossdError):
+    """A CORS preflight that `LOSSD_CORS_ORIGINS` does not allow (its origin, method or headers)."""
+
+    slug = "cors-refused"
+    title = "CORS preflight refused"
+
+
 class NotReady(LossdError):
     """The server is not ready: starting, shutting down, or its device is unusable."""
 
@@ -84,6 +91,7 @@ class NotReady(LossdError):
 
 STATUS: dict[type[LossdError], tuple[int, str, str]] = {
     MalformedBody: (400, "body", "The body is not valid JSON (or not a JSON object)."),
+    CorsRefused: (400, "header", "A CORS preflight whose origin, method or headers LOSSD_CORS_ORIGINS does not allow."),
     Unauthorized: (401, "header", "No valid API key (only when LOSSD_API_KEYS is set)."),
     NotFound: (404, "path", "No such route, model or model version."),
     UnknownLoss: (404, "path", "No such loss; `detail` lists close matches."),

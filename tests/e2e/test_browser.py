@@ -286,5 +286,9 @@ def test_preflight_from_another_origin_is_not_allowed(lossd: Lossd) -> None:
             "access-control-request-headers": "authorization,content-type",
         },
     )
-    assert response.status_code != 200
+    assert response.status_code == 400
     assert "access-control-allow-origin" not in response.headers
+    assert response.headers["content-type"] == "application/problem+json"  # an error like every other
+    problem = response.json()
+    assert problem["type"] == "/problems/cors-refused"
+    assert problem["detail"] == "CORS preflight refused; not allowed: origin"
