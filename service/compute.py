@@ -221,12 +221,9 @@ def _as_floats(name: str, raw: RawTensor, float_dtype: FloatDtype, cast: Cast) -
                 loc=(name,),
             )
         return t
-    converted = cast(t, float_dtype.dtype)
-    if not narrows(t.dtype, converted.dtype):
-        return converted
     # a finite number the client sent never silently becomes infinite in the dtype lossd reads it as
     loc = (name, "data") if raw.flat else (name,)
-    return refuse_overflow(t, converted, loc, flat=raw.flat, note=float_dtype.note(name))
+    return refuse_overflow(t, cast(t, float_dtype.dtype), loc, flat=raw.flat, note=float_dtype.note(name))
 
 
 def prepare(spec: LossSpec, raw: Mapping[str, RawTensor], cast: Cast = _cast) -> dict[str, Tensor]:

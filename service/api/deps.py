@@ -11,7 +11,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -80,9 +80,9 @@ class AppState:
             refuse = "sessions need LOSSD_REDIS_URL when LOSSD_WORKERS > 1" if settings.workers > 1 else None
             self.sessions = MemoryStore(limits, refuse=refuse)
 
-    @property
+    @cached_property
     def api_keys(self) -> list[str]:
-        """The configured API keys (`Settings.read_api_keys`)."""
+        """The configured API keys (`Settings.read_api_keys`), read once: HTTP and gRPC check the same ones."""
         return self.settings.read_api_keys()
 
     async def not_ready(self) -> str | None:

@@ -29,7 +29,7 @@ from service.errors import LossdError, Overloaded, PayloadTooLarge, Unauthorized
 log = logging.getLogger("lossd")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
-"""Probes: answered without an API key."""
+"""Routes that answer without an API key: orchestrators probe them."""
 DOCUMENT_PATHS = frozenset({"/openapi.json", "/docs", "/redoc"})
 DOCUMENT_ASSETS = "/docs/assets/"
 """The API's own documents and their pages' assets: public too, so that a browser, which sends no key with a page,
@@ -40,8 +40,6 @@ def needs_key(path: str) -> bool:
     """Whether a request for `path` needs an API key (when keys are set)."""
     return not (path in PUBLIC_PATHS or path in DOCUMENT_PATHS or path.startswith(DOCUMENT_ASSETS))
 
-
-"""Routes that answer without an API key: orchestrators probe them."""
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 """A request id a client may give (`X-Request-ID`, or gRPC's `x-request-id` metadata): otherwise one is made."""
