@@ -303,7 +303,8 @@ def session_scenario() -> Scenario:
 
 def session_runs(seconds: int, only: Callable[[str], Any]) -> dict[str, list[Result]]:
     """/v1/evaluate and the two session stores in alternation, `SESSION_ROUNDS` rounds each; Redis on loopback,
-    started here (a fresh database per run)."""
+    started here (a fresh database per run) and pinned to core 1 with the load generator: it stands for a Redis on
+    another machine, and core 0 stays the server's alone, as in every other row."""
     scenario = session_scenario()
     names = list(scenario.requests)
     runs: dict[str, list[Result]] = {}
@@ -321,6 +322,7 @@ def session_runs(seconds: int, only: Callable[[str], Any]) -> dict[str, list[Res
                 try:
                     if redis is not None:
                         redis.start()
+                        pin(redis.process, 1)  # with the load generator: core 0 is the server's alone
                         server = replace(server, env=server.env | {"LOSSD_REDIS_URL": redis.url})
                     result = run_one(scenario, replace(server, name=name), port, seconds)
                 finally:
@@ -346,8 +348,8 @@ def session_table(runs: dict[str, list[Result]]) -> list[str]:
         "",
         f"{scenario.name}: {', '.join(e['name'] for e in SESSION_LOSSES)} over the same 1,000-element tensors, as "
         "`/v1/evaluate` requests and as batches into a session (a new batch id each), lossd with its defaults; "
-        f"Redis on loopback. {SESSION_ROUNDS} alternating rounds; each round gives a ratio, the table shows the "
-        "median of those ratios.",
+        f"Redis on loopback, pinned to the load generator's core. {SESSION_ROUNDS} alternating rounds; each round "
+        "gives a ratio, the table shows the median of those ratios.",
         "",
         "| server | req/s (median) | p99 ms (median) | batches/s over /v1/evaluate's req/s | target | met |",
         "|---|---:|---:|---|---|---|",
@@ -378,6 +380,12 @@ def free_port(*taken: int) -> int:
 
 def pinned(argv: list[str], core: int) -> list[str]:
     return ["taskset", "-c", str(core), *argv] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else argv
+
+
+def pin(process: subprocess.Popen[bytes] | None, core: int) -> None:
+    """Move a running process (and its threads) to one core, where `pinned` would have started it."""
+    if process is not None and pinned(["true"], core) != ["true"]:
+        subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(process.pid)], check=True, capture_output=True)
 
 
 def tree_rss_mb(pid: int, field_name: str) -> float:

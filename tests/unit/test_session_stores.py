@@ -494,6 +494,23 @@ async def test_redis_down_then_back(redis_server: RedisServer) -> None:
         assert exact((await store.get(session)).totals) == exact(expected(B1))
 
 
+async def test_applies_survive_their_connection_closing(redis_server: RedisServer) -> None:
+    """Applies keep a connection of their own; when Redis closes it (a timeout, a failover, CLIENT KILL), the
+    next apply reconnects and is applied once, with no error."""
+    async with Backend("redis", redis_server).store() as store:
+        session = (await store.create(LOSSES, ttl_s=60)).id
+        assert await store.apply(session, "b1", "d1", B1)
+        killer = Redis.from_url(redis_server.url)
+        try:
+            assert await killer.client_kill_filter(_type="normal", skipme=True) >= 1
+        finally:
+            await killer.aclose()
+        assert await store.apply(session, "b2", "d2", B2)
+        record = await store.get(session)
+        assert record.batches == 2
+        assert exact(record.totals) == exact(expected(B1, B2))
+
+
 async def test_no_password_in_messages(redis_server: RedisServer) -> None:
     redis_server.kill()
     url = f"redis://user:s3cret-pw@127.0.0.1:{redis_server.port}/2"
