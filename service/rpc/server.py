@@ -32,9 +32,10 @@ from service.api.edge import REQUEST_ID, RequestIds, record, valid_key
 from service.api.errors import grpc_code
 from service.compute import LossResult, RawTensor
 from service.dataplane import Batch, DataPlane, Job
-from service.errors import InvalidRequest, LossdError, MalformedBody, Unauthorized
+from service.errors import InvalidRequest, LossdError, Unauthorized
 from service.losses.registry import LossSpec
 from service.rpc import grpc_service_pb2 as pb
+from service.rpc import wire
 from service.sessions.store import feed
 
 log = logging.getLogger("lossd")
@@ -55,11 +56,10 @@ def _param(value: Any) -> Any:
 
 
 def _inputs(
-    plane: DataPlane, request: Any, check: Callable[[dict[str, RawTensor], str, int], None]
+    plane: DataPlane, request: Any, blobs: list[memoryview], check: Callable[[dict[str, RawTensor], str, int], None]
 ) -> dict[str, RawTensor]:
-    """Each input from its slice of `raw_input_contents` (bytes, without a per-element loop) or from its typed
-    `contents`; `check` refuses a name before it is read."""
-    blobs = request.raw_input_contents
+    """Each input from its `raw_input_contents` (`blobs`, views of the message's bytes, without a per-element
+    loop) or from its typed `contents`; `check` refuses a name before it is read."""
     if blobs and len(blobs) != len(request.inputs):
         raise InvalidRequest(
             f"raw_input_contents holds {len(blobs)} tensors for {len(request.inputs)} inputs: give one per input, "
@@ -159,7 +159,7 @@ class InferenceService:
 
     async def ModelInfer(self, data: bytes, context: Any) -> Any:
         async def infer(info: dict[str, Any]) -> Any:
-            return await self._answer(await self._parse(data, info), context, info)
+            return await self._answer(*await self._parse(data, info), context, info)
 
         return await self._call(context, "ModelInfer", infer)
 
@@ -184,8 +184,8 @@ class InferenceService:
             start = time.perf_counter()
             request = pb.ModelInferRequest()
             try:
-                request = await self._parse(data, info)
-                response = await self._answer(request, context, info)
+                request, blobs = await self._parse(data, info)
+                response = await self._answer(request, blobs, context, info)
                 info["status"] = "OK"
                 answer = pb.ModelStreamInferResponse(infer_response=response)
             except LossdError as exc:
@@ -204,14 +204,14 @@ class InferenceService:
             self._record(STREAM, info, time.perf_counter() - start)
             yield answer
 
-    async def _answer(self, request: Any, context: Any, info: dict[str, Any]) -> Any:
+    async def _answer(self, request: Any, blobs: list[memoryview], context: Any, info: dict[str, Any]) -> Any:
         """A model's inference, or with a `sequence_id` parameter a batch of that session (tritonclient's
         `infer(sequence_id=...)` sends it unary, its `async_stream_infer` on the stream)."""
         if "sequence_id" in request.parameters:
-            return await self._batch(request, context, info)
-        return await self._infer(request, context, info)
+            return await self._batch(request, blobs, context, info)
+        return await self._infer(request, blobs, context, info)
 
-    async def _infer(self, request: Any, context: Any, info: dict[str, Any]) -> Any:
+    async def _infer(self, request: Any, blobs: list[memoryview], context: Any, info: dict[str, Any]) -> Any:
         spec = oip.model(self.plane.registry, request.model_name, request.model_version)
         info["loss"] = spec.name
         parameters = {key: _param(value) for key, value in request.parameters.items()}
@@ -219,14 +219,14 @@ class InferenceService:
         plane = self.plane
 
         def read() -> Job[Any]:
-            raw = _inputs(plane, request, partial(oip.check_input, spec))
+            raw = _inputs(plane, request, blobs, partial(oip.check_input, spec))
             job = oip.plan(plane, spec, parameters, raw, outputs, "binary")
             return job.then(partial(_infer_response, spec, request.id, outputs, info))
 
         weight = 2 if any(name.startswith("grad_") for name in outputs) else 1
         return await self._schedule(read, context, info, weight)
 
-    async def _batch(self, request: Any, context: Any, info: dict[str, Any]) -> Any:
+    async def _batch(self, request: Any, blobs: list[memoryview], context: Any, info: dict[str, Any]) -> Any:
         session_id = str(_param(request.parameters["sequence_id"]))
         if not request.id:
             raise InvalidRequest("a request with a sequence_id is a batch of that session: set its id, the batch id")
@@ -242,7 +242,7 @@ class InferenceService:
             info["loss"] = request.model_name
 
             def read() -> Job[Batch]:
-                return plane.decoded_batch(losses, request.id, _inputs(plane, request, oip.check_distinct))
+                return plane.decoded_batch(losses, request.id, _inputs(plane, request, blobs, oip.check_distinct))
 
             return await self._schedule(read, context, info)
 
@@ -291,12 +291,13 @@ class InferenceService:
             self._record(f"/{SERVICE}/{method}", info, time.perf_counter() - start)
         raise AssertionError("unreachable: abort raises")
 
-    async def _parse(self, data: bytes, info: dict[str, Any]) -> Any:
-        """A `ModelInferRequest` from its bytes: right here when small, else in a worker thread."""
+    async def _parse(self, data: bytes, info: dict[str, Any]) -> tuple[Any, list[memoryview]]:
+        """A `ModelInferRequest` from its bytes, its raw contents as views of them (`wire.parse`): right here when
+        small, else in a worker thread."""
         info["bytes_in"] = len(data)
         if len(data) < self.state.settings.inline_max_bytes:
-            return _parse_request(data)
-        return await anyio.to_thread.run_sync(_parse_request, data, limiter=self.state.threads)
+            return wire.parse(data)
+        return await anyio.to_thread.run_sync(wire.parse, data, limiter=self.state.threads)
 
     def _request_id(self, context: Any) -> str:
         for key, value in context.invocation_metadata() or ():
@@ -311,13 +312,6 @@ class InferenceService:
     def _record(self, route: str, info: dict[str, Any], seconds: float) -> None:
         """The call in the metrics (`status` is the gRPC code's name) and the access log, as HTTP requests are."""
         record(self.state.metrics, self.state.access_log, info, "gRPC", route, route, info["status"], seconds)
-
-
-def _parse_request(data: bytes) -> Any:
-    try:
-        return pb.ModelInferRequest.FromString(data)
-    except DecodeError:
-        raise MalformedBody("the message is not a ModelInferRequest") from None
 
 
 MESSAGE_CHARS = 2000
