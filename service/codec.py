@@ -505,9 +505,10 @@ def _cast(t: Tensor, dtype: torch.dtype, loc: Loc) -> Tensor:
     if dtype.is_floating_point:
         return compute.refuse_overflow(t, t.to(dtype), loc)
     low, high = (0, 1) if dtype == torch.bool else (torch.iinfo(dtype).min, torch.iinfo(dtype).max)
-    bad = (t < low) | (t > high)
-    if t.is_floating_point():
-        bad |= ~torch.isfinite(t) | (t != t.trunc())
+    if t.is_floating_point():  # high + 1 (a power of two) is exact as a float; high itself may round up to it
+        bad = (t < low) | (t >= high + 1) | ~torch.isfinite(t) | (t != t.trunc())
+    else:
+        bad = (t < low) | (t > high)
     if bool(bad.any()):
         where = tuple(int(i) for i in torch.nonzero(bad.reshape(-1))[0])
         place = (*loc, *where)

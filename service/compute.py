@@ -181,9 +181,15 @@ def _as_indices(name: str, raw: RawTensor, cast: Cast) -> Tensor:
         bad = ~torch.isfinite(t) | (t != t.trunc()) | (t.abs() >= _MAX_EXACT_INDEX)
         if bool(bad.any()):
             where = checks.first_index(bad)
+            value = t[where].item()
+            if not math.isfinite(value) or value != int(value):
+                why = "which must be integers"
+            elif abs(value) >= 2.0**63:
+                why = "which must fit int64"
+            else:  # an integer read as a float (written with a fraction or exponent, or next to one that was)
+                why = "and a number read as a float is an exact integer only up to 2^53"
             raise DtypeMismatch(
-                f"{name} holds class indices, which must be integers; got {t[where].item()} at {name}{list(where)}",
-                loc=(name, *where),
+                f"{name} holds class indices, {why}; got {value} at {name}{list(where)}", loc=(name, *where)
             )
     return cast(t, torch.int64)
 

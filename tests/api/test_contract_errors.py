@@ -749,3 +749,57 @@ def test_an_integer_parameter_beyond_int64_is_named(client: TestClient, name: st
         fn = {"cross_entropy": F.cross_entropy, "nll": F.nll_loss}[name]
         x, t = torch.tensor(INT_BODIES[name]["input"]), torch.tensor(INT_BODIES[name]["target"])
         wire.assert_same(response.json()["loss"], fn(x, t, ignore_index=extreme))
+
+
+# --- integers at the edge of int64 --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [2**63, 2**63 + 1000, -(2**63) - 2048, 2**64 + 5])
+def test_typed_integers_just_past_int64_are_refused(client: TestClient, value: int) -> None:
+    """Next to a float, or past int64, JSON integers are read as float64, where 2^63 - 1 rounds up to 2^63: a
+    value from 2^63 on must be refused, not wrap to -2^63 (which `ignore_index` would then silently ignore)."""
+    body = {
+        "input": X,
+        "target": {"data": [0, value], "dtype": "int64"},
+        "ignore_index": -(2**63),
+        "reduction": "none",
+    }
+    message = _problem(
+        client.post("/v1/losses/cross_entropy", json=body), ["body", "target", "data", 1], "invalid-tensor"
+    )
+    read = float(value)
+    assert message == f"target.data[1]: value {read} does not fit int64 (integers {-(2**63)} to {2**63 - 1})"
+    inputs = [
+        {"name": "input", "shape": [2, 3], "datatype": "FP32", "data": X},
+        {"name": "target", "shape": [2], "datatype": "INT64", "data": [0, value]},
+    ]
+    response = client.post("/v2/models/cross_entropy/infer", json={"inputs": inputs})
+    assert response.status_code == 400
+    assert response.json() == {"error": message}
+    _still_works(client)
+
+
+def test_int64_extremes_are_torchs_to_judge(client: TestClient) -> None:
+    """int64's own largest and smallest are read exactly; as class indices torch's range check refuses them."""
+    for value in (2**63 - 1, -(2**63)):
+        body = {"input": X, "target": {"data": [0, value], "dtype": "int64"}}
+        message = _problem(
+            client.post("/v1/losses/cross_entropy", json=body), ["body", "target", 1], "value-out-of-range"
+        )
+        assert f"class index {value} at target[1] is out of range" in message
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ([0, 2**63], "which must fit int64; got 9.223372036854776e+18"),
+        ([0.0, 1e16], "and a number read as a float is an exact integer only up to 2^53; got 1e+16"),
+        ([0.0, 1.5], "which must be integers; got 1.5"),
+    ],
+    ids=["past-int64", "past-2^53", "fraction"],
+)
+def test_untyped_class_indices_say_what_is_wrong(client: TestClient, target: list[Any], why: str) -> None:
+    response = client.post("/v1/losses/cross_entropy", json={"input": X, "target": target})
+    message = _problem(response, ["body", "target", 1], "wrong-dtype")
+    assert message == f"target holds class indices, {why} at target[1]"
+    _still_works(client)
