@@ -26,10 +26,12 @@ def tune_process(torch_threads: int, malloc_arenas: int) -> None:
     itself (measured: 16 ms instead of 6 ms per 8 MB request). A small fixed number of arenas keeps
     that memory in use.
     """
-    # Torch warns (once per call site) when a target's shape differs from input's. lossd checks that itself
-    # and returns the warning to the client with the result, so the process log need not repeat it.
+    # Torch warns (once per call site) when a target's shape differs from input's, of kl_div's "mean", and when
+    # linear_cross_entropy cannot take the chunked path its options ask for. lossd's checks find each of these
+    # themselves and return torch's words to the client with the result, so the process log need not repeat them.
     warnings.filterwarnings("ignore", message="Using a target size", category=UserWarning)
     warnings.filterwarnings("ignore", message="reduction: 'mean' divides the total loss", category=UserWarning)
+    warnings.filterwarnings("ignore", message="linear_cross_entropy: ``options`` ignored", category=UserWarning)
     if torch_threads:
         torch.set_num_threads(torch_threads)
     if malloc_arenas:

@@ -278,7 +278,22 @@ def check_linear_cross_entropy(t: Mapping[str, Tensor], p: LinearCrossEntropyPar
     else:
         checks.class_indices_in_range(target, c, -100 if p.ignore_index is None else p.ignore_index)
     checks.class_weight(t.get("weight"), c)
-    return []
+    return _options_ignored(t, p)
+
+
+def _options_ignored(t: Mapping[str, Tensor], p: LinearCrossEntropyParams) -> list[str]:
+    """torch's warning (in its words) when `options` ask for the chunked path and torch takes its reference path
+    instead: for label smoothing, class probabilities or a K-dimensional weight."""
+    out_features = tuple(t["linear_weight"].shape[1:-1])
+    target, bias = t["target"], t.get("linear_bias")
+    if p.options is None or not (out_features or p.label_smoothing != 0.0 or target.dtype != torch.int64):
+        return []
+    return [
+        "linear_cross_entropy: ``options`` ignored; chunked path needs reduction in {'mean','sum','none'}, "
+        f"label_smoothing == 0, target.dtype == int64, out_features == (). Got reduction={p.reduction!r}, "
+        f"label_smoothing={p.label_smoothing}, target.dtype={target.dtype}, out_features={out_features}, "
+        f"tracing=False, linear_bias.shape={tuple(bias.shape) if bias is not None else None}."
+    ]
 
 
 @REGISTRY.loss(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
 from fastapi.testclient import TestClient
+from torch import Tensor
 
 from tests import wire
 from tests.cases import randint, randn
@@ -62,6 +67,55 @@ def test_broadcasting_follows_torch_and_returns_its_warning(client: TestClient) 
     assert got["grad"]["target"] is not None
     assert len(got["grad"]["target"]) == 4
     assert "warnings" not in client.post("/v1/losses/mse", json={"input": [1.0], "target": [2.0]}).json()
+
+
+def _torch_warnings(call: Callable[[], Tensor]) -> tuple[Tensor, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = call()
+    return value, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize(
+    ("shape", "body", "bias"),
+    [
+        ((5, 4), {"label_smoothing": 0.1}, False),
+        ((5, 4), {"label_smoothing": 0.25, "reduction": "sum"}, True),
+        ((5, 2, 4), {}, False),  # a K-dimensional weight
+        ((5, 4), {"probabilities": True}, True),
+        ((5, 4), {}, True),  # the chunked path: no warning
+    ],
+    ids=["smoothing", "smoothing-sum-bias", "k-dim", "probabilities", "chunked"],
+)
+def test_linear_cross_entropy_options_ignored_is_torchs_warning(
+    client: TestClient, shape: tuple[int, ...], body: dict[str, Any], bias: bool
+) -> None:
+    """With `options`, torch takes its chunked path only for class indices, no label smoothing and a 2-D weight;
+    otherwise it warns that the options are ignored. The client gets that warning, in torch's words."""
+    x, w = randn(6, 4, seed=8).float(), randn(*shape, seed=9).float()
+    b = randn(*shape[:-1], seed=10).float() if bias else None
+    probabilities = body.pop("probabilities", False)
+    t = (
+        torch.softmax(randn(6, *shape[:-1], seed=11).float(), 1)
+        if probabilities
+        else randint(shape[0], 6, *shape[1:-1])
+    )
+    options = {"batch_chunk_size": 2}
+    kwargs = dict(body)
+    expected, said = _torch_warnings(
+        lambda: F.linear_cross_entropy(
+            x, w, t, linear_bias=b, options=torch.nn.LinearCrossEntropyOptions(batch_chunk_size=2), **kwargs
+        )
+    )
+    sent = {"input": x.tolist(), "linear_weight": w.tolist(), "target": t.tolist(), "options": options, **body}
+    if b is not None:
+        sent["linear_bias"] = b.tolist()
+    response = client.post("/v1/losses/linear_cross_entropy", json=sent)
+    assert response.status_code == 200, response.text
+    got = response.json()
+    wire.assert_same(got["loss"], expected)
+    assert got.get("warnings", []) == said
+    assert len(said) == (0 if shape == (5, 4) and not body and not probabilities else 1)
 
 
 def test_untyped_arguments_follow_a_typed_input(client: TestClient) -> None:
