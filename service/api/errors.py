@@ -82,6 +82,13 @@ class CorsRefused(LossdError):
     title = "CORS preflight refused"
 
 
+class MalformedRequest(LossdError):
+    """Bytes that are not an HTTP/1.1 request (a bad request line, header or framing); the connection closes."""
+
+    slug = "malformed-request"
+    title = "Malformed HTTP request"
+
+
 class NotReady(LossdError):
     """The server is not ready: starting, shutting down, or its device is unusable."""
 
@@ -90,6 +97,7 @@ class NotReady(LossdError):
 
 
 STATUS: dict[type[LossdError], tuple[int, str, str]] = {
+    MalformedRequest: (400, "request", "Not an HTTP/1.1 request (its request line, headers or framing)."),
     MalformedBody: (400, "body", "The body is not valid JSON (or not a JSON object)."),
     CorsRefused: (400, "header", "A CORS preflight whose origin, method or headers LOSSD_CORS_ORIGINS does not allow."),
     Unauthorized: (401, "header", "No valid API key (only when LOSSD_API_KEYS is set)."),

@@ -54,7 +54,7 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from service.api.errors import problem_body
+from service.api.errors import MalformedRequest, problem_body
 from service.config import Settings
 from service.errors import HeadersTooLarge, LossdError, Overloaded, RequestTimeout
 
@@ -201,8 +201,8 @@ class LossdHttpProtocol(HttpToolsProtocol):
         while True:
             try:
                 self.parser.feed_data(data)
-            except httptools.HttpParserError:
-                self._bad_request("Invalid HTTP request received.")
+            except httptools.HttpParserError as exc:
+                self._bad_request(f"the request is not valid HTTP/1.1: {exc}")
             except httptools.HttpParserUpgrade as upgrade:
                 head, stop = self._declined_head, upgrade.args[0]
                 if head is None:  # a WebSocket upgrade (or a CONNECT): uvicorn's own handling
@@ -212,7 +212,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
                     else:
                         self._unsupported_upgrade_warning()
                 elif stop <= replayed:  # the replayed head offers an upgrade again: never loop on it
-                    self._bad_request("Invalid upgrade request received.")
+                    self._bad_request("the request offers an upgrade again once it has been declined")
                 else:  # llhttp stopped after the head: parse the head again without the offer, and the rest
                     self._declined_head = None
                     data = head + data[stop:]
@@ -405,10 +405,10 @@ class LossdHttpProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(content))
         self.transport.close()
 
-    def _bad_request(self, msg: str) -> None:
-        self.logger.warning(msg)
-        self._stop()
-        self.send_400_response(msg)
+    def _bad_request(self, detail: str) -> None:
+        """400, reading nothing more: bytes that are not an HTTP/1.1 request, as a problem document."""
+        self.logger.warning("Invalid HTTP request received: %s", detail)
+        self._write_and_close(400, _problem(MalformedRequest(detail, loc=("request",))))
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)

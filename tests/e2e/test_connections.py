@@ -452,3 +452,28 @@ def test_slow_senders_at_the_limit_give_way_to_new_clients() -> None:
         for sock in slow:
             sock.close()
         stop_server(proc)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reason"),
+    [
+        (b"GARBAGE\r\n\r\n", "Invalid method encountered"),
+        (HEAD_START + b"Content-Length: abc\r\n\r\n", "Invalid character in Content-Length"),
+        (
+            HEAD_START + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "Transfer-Encoding can't be present with Content-Length",
+        ),
+        (HEAD_START + b"X-Bad: a\x01b\r\n\r\n", "Invalid header value char"),
+    ],
+    ids=["request-line", "content-length", "length-and-chunked", "header-value"],
+)
+def test_bytes_that_are_not_http_get_a_problem(limited: tuple[str, int], request_bytes: bytes, reason: str) -> None:
+    """Bytes that are not an HTTP/1.1 request get a 400 problem document (with the parser's reason) and the
+    connection closes: no plain-text error, whatever part of the request is wrong."""
+    with socket.create_connection(limited, timeout=PROMPT_S) as sock:
+        sock.sendall(request_bytes)
+        status, headers, body, _ = _read_response(sock)
+        _assert_problem(status, headers, body, 400, "malformed-request")
+        assert json.loads(body)["detail"] == f"the request is not valid HTTP/1.1: {reason}"
+        assert _closed(sock)
+    _normal_request_works(limited)
