@@ -27,8 +27,19 @@ from service.losses.registry import LossSpec, Registry, TensorKind
 VERSION = "1"
 """Every loss is a model with one version."""
 
-RESERVED_PARAMETERS = {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end"}
-"""Request parameters of the protocol itself (Triton's), which are not loss parameters."""
+RESERVED_PARAMETERS = frozenset(
+    {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "content_type"}
+    | {"headers"}
+)
+"""Request parameters of the protocol itself (Triton's; MLServer's codecs send `content_type` and `headers`),
+which are not loss parameters: taken or passed over, never refused."""
+
+V1_OPTIONS = {
+    "return_grad": "ask for gradients as outputs (grad_<input>)",
+    "output_encoding": "each output's binary_data parameter (or the request's binary_data_output) picks its encoding",
+    "return_stats": "a session's batches (sequence_id) accumulate statistics",
+}
+"""Options of the v1 API that the protocol expresses otherwise: refused as parameters, with what to do instead."""
 
 _METADATA_DATATYPE = {
     TensorKind.FLOAT: "FP32",
@@ -174,13 +185,24 @@ def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | No
     request = plane.validate(InferenceRequest, payload)
     assert isinstance(request, InferenceRequest)
     parameters = dict(request.parameters or {})
-    binary_default = parameters.get("binary_data_output") is True
+    binary_default = _flag(parameters, "binary_data_output", False, ("parameters",))
     outputs = request.outputs or [RequestOutput(name="loss")]
+    for i, output in enumerate(outputs):  # each output's binary_data, checked once: a boolean
+        _flag(output.parameters or {}, "binary_data", binary_default, ("outputs", i, "parameters"))
     raw = _inputs(spec, request.inputs, binary, plane.limits)
     binary_outputs = all((output.parameters or {}).get("binary_data", binary_default) is True for output in outputs)
     names = [output.name for output in outputs]
     job = plan(plane, spec, parameters, raw, names, "binary" if binary_outputs else "json")
     return job.then(partial(_answer, spec, request, outputs, binary_default))
+
+
+def _flag(parameters: dict[str, Any], name: str, default: bool, loc: tuple[str | int, ...]) -> bool:
+    """A boolean parameter of the binary extension, `default` when absent; anything but a boolean is refused
+    rather than read as false."""
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be true or false, got {value!r}", loc=(*loc, name))
+    return value
 
 
 def plan(
@@ -200,6 +222,9 @@ def plan(
     for name in wanted:
         if name.startswith("grad_") and name[5:] not in raw:
             raise InvalidRequest(f"output {name!r} needs input {name[5:]!r}, which the request does not give")
+    for name, instead in V1_OPTIONS.items():
+        if name in parameters:
+            raise InvalidRequest(f"{name} is not a parameter of the inference protocol: {instead}", loc=(name,))
     fields = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS and not k.startswith("triton_")}
     fields |= {"return_grad": [name[5:] for name in wanted if name != "loss"]} | dict.fromkeys(raw, True)
     # the inputs and the outputs asked for stand for the tensor fields and return_grad: no parameters to suggest
@@ -268,7 +293,17 @@ def _inputs(spec: LossSpec, inputs: list[RequestInput], binary: memoryview, limi
         size = (item.parameters or {}).get("binary_data_size")
         chunk = None
         if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidTensor(
+                    f"{item.name}: binary_data_size must be a non-negative integer (bytes), got {size!r}",
+                    loc=(item.name, "binary_data_size"),
+                )
+            if item.data is not None:
+                raise InvalidTensor(
+                    f"{item.name}: give its values in data or as binary data (binary_data_size), not both",
+                    loc=(item.name, "data"),
+                )
+            if offset + size > len(binary):
                 raise InvalidTensor(
                     f"{item.name}: binary_data_size {size!r} does not fit the {len(binary) - offset} bytes of binary "
                     "data left after the JSON header",
