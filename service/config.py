@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(5.0, gt=0)
     """Seconds an idle keep-alive connection stays open."""
 
+    write_timeout_s: float = Field(60.0, gt=0)
+    """While a response waits for its client to read it, the client must read some of it every this many seconds,
+    else the connection is closed and the response dropped (nginx's `send_timeout`). A client that is not reading
+    also counts as waiting at the connection limit."""
+
     redis_url: str | None = None
     """Where sessions live: `redis://[:password@]host:port/db` (or `rediss://` for TLS) keeps them in Redis, shared
     by every replica; unset keeps them in this process (lost on restart)."""

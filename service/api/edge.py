@@ -80,15 +80,23 @@ class Edge:
         limit = self.limit
         start = time.perf_counter()
 
+        share = self.inflight.share()  # this request's bytes of the in-flight bound
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 info["status"] = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             elif message["type"] == "http.response.body":
-                info["bytes_out"] += len(message.get("body", b""))
+                body = message.get("body", b"")
+                info["bytes_out"] += len(body)
+                if len(body) >= HELD_ANSWER_BYTES and not message.get("more_body"):
+                    # held until the client has read it: the server's send of the body's (empty) end waits for
+                    # the bytes before it to drain (or for the connection to be cut, LOSSD_WRITE_TIMEOUT_S)
+                    share.hold(len(body))
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        share = self.inflight.share()  # this request's bytes of the in-flight bound
         info["hold"] = share.take  # what reading the body will build besides its bytes (see `InflightBytes`)
 
         async def counted_receive() -> Message:
@@ -210,12 +218,19 @@ def _declared(headers: dict[bytes, bytes]) -> int:
     return int(declared) if declared is not None and declared.isdigit() else 0
 
 
+HELD_ANSWER_BYTES = 1 << 20
+"""An answer at least this large counts in the in-flight bound until its client has read it (smaller ones fit in
+the kernel's socket buffers)."""
+
+
 class InflightBytes:
     """The memory that request bodies hold at once, bounded. Each request takes its `share`: its declared
     `Content-Length` when it arrives (a body that would pass the bound is refused, 503 with Retry-After,
     before it is read), a chunked body as it comes, and then what reading it builds besides its bytes (an
-    inflated gzip body, the Python lists of nested JSON arrays), taken by the worker thread that reads it.
-    A share is given back when its request is answered; a thread abandoned at a timeout takes nothing after."""
+    inflated gzip body, the Python lists of nested JSON arrays), taken by the worker thread that reads it;
+    and a large answer, until its client has read it (clients that do not read what they asked for cannot
+    pile answers up in memory: the requests that come meanwhile wait for room, 503). A share is given back
+    when its request is answered (and its answer read); a thread abandoned at a timeout takes nothing after."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -235,8 +250,9 @@ class InflightBytes:
                 actual=nbytes,
             )
         return Overloaded(
-            f"{held} bytes of request bodies are being received or processed; {nbytes} more would pass "
-            f"the limit of {self.limit} (LOSSD_MAX_INFLIGHT_BYTES): retry shortly",
+            f"{held} bytes of request bodies being received or processed, and of answers not yet read by their "
+            f"clients, are held; {nbytes} more would pass the limit of {self.limit} (LOSSD_MAX_INFLIGHT_BYTES): "
+            "retry shortly",
             limit=self.limit,
             actual=held + nbytes,
         )
@@ -264,6 +280,13 @@ class InflightShare:
         refusal = self._take(nbytes)
         if refusal is not None:
             raise refusal
+
+    def hold(self, nbytes: int) -> None:
+        """Take `nbytes` whatever the bound (an answer already made): the requests after it see them held."""
+        with self.bound._lock:
+            if not self.closed:
+                self.bound.held += nbytes
+                self.bytes += nbytes
 
     def _take(self, nbytes: int) -> LossdError | None:
         bound = self.bound

@@ -35,6 +35,11 @@ Limits (each a `LOSSD_*` setting; the refusals are RFC 9457 problem documents, s
 - `keep_alive_s`: a connection with no request in progress and no response pending is closed after this many
   idle seconds, both between requests and after it is opened: a connection that never sends a byte is
   closed after `keep_alive_s` (not `read_timeout_s`), like an idle keep-alive connection.
+- `write_timeout_s`: while a response's bytes wait in the server for the client to read them, the client must
+  take some of them every `write_timeout_s` (nginx's `send_timeout`), else the connection is aborted and those
+  bytes dropped. A connection whose client is not reading counts as waiting on its client: at the connection
+  limit it may be closed for a new one. (The bytes themselves count against `LOSSD_MAX_INFLIGHT_BYTES` until
+  they drain: see `service.api.edge`.)
 
 The deadlines cost no timer per request: each connection has one timer, which, when it fires, compares the
 connection's phase and the time that phase began (two attributes that the parser callbacks set) with the
@@ -47,8 +52,11 @@ timer (armed and cancelled around every request) is not used.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import math
+import sys
+import termios
 from typing import Any, ClassVar
 
 import httptools
@@ -89,6 +97,18 @@ def _problem(exc: LossdError) -> bytes:
     )
 
 
+def _kernel_unsent(transport: asyncio.Transport) -> int:
+    """Bytes in the kernel's send queue of the connection's socket, not yet acknowledged by the client (Linux's
+    SIOCOUTQ; 0 where it is not available). With the transport's own buffer, what the client has not read: the
+    kernel's queue (megabytes) moves with every read of the client, the transport's only when it empties."""
+    sock = transport.get_extra_info("socket")
+    try:
+        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return int.from_bytes(out, sys.byteorder, signed=True)
+
+
 def _field_default(name: str) -> Any:
     return Settings.model_fields[name].default
 
@@ -101,6 +121,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
     max_connections: ClassVar[int] = _field_default("max_connections")
     read_timeout_s: ClassVar[float] = _field_default("read_timeout_s")
     keep_alive_s: ClassVar[float] = _field_default("keep_alive_s")
+    write_timeout_s: ClassVar[float] = _field_default("write_timeout_s")
     max_header_bytes: ClassVar[int] = _field_default("max_header_bytes")
 
     _declined_head: bytes | None = None
@@ -118,6 +139,10 @@ class LossdHttpProtocol(HttpToolsProtocol):
     _body_seen: bool = False
     """Body data arrived in the read being parsed (for chunked bodies)."""
     _timer: asyncio.TimerHandle | None = None
+    _unread: int = 0
+    """Bytes of responses waiting in the server for the client to read them, when last seen to shrink."""
+    _unread_since: float = 0.0
+    """When `_unread` last shrank (or began)."""
 
     # Connection
 
@@ -283,9 +308,20 @@ class LossdHttpProtocol(HttpToolsProtocol):
         timer always fires again before it, and from then on at it."""
         self._timer = None
         phase = self._phase
-        if phase == CLOSED or self.transport.is_closing():
+        if phase == CLOSED:
             return
         now = self.loop.time()
+        if self._client_not_reading(now):
+            self.logger.debug("Response not read within %s s: connection aborted.", self.write_timeout_s)
+            self._stop()
+            self.transport.abort()  # close() would wait, holding the bytes, for a client that does not read
+            return
+        if self._unread:  # the client is taking a response: idle (and read) clocks wait until it has
+            self._since = now
+            self._timer = self.loop.call_at(now + self._period(), self._check_deadline)
+            return
+        if self.transport.is_closing():
+            return
         cycle = self.cycle
         pending = bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
         if phase == IDLE:
@@ -312,20 +348,35 @@ class LossdHttpProtocol(HttpToolsProtocol):
                 return
         self._timer = self.loop.call_at(min(due, now + self._period()), self._check_deadline)
 
+    def _client_not_reading(self, now: float) -> bool:
+        """Update what the client has left unread; True when it has read none of it for `write_timeout_s`."""
+        unread = self.transport.get_write_buffer_size() + _kernel_unsent(self.transport)
+        if unread == 0 or unread < self._unread or not self._unread:  # drained, shrinking, or new
+            self._unread, self._unread_since = unread, now
+            return False
+        self._unread = max(self._unread, unread)
+        return now - self._unread_since >= self.write_timeout_s - _SLACK_S
+
     def _evict_slowest(self) -> bool:
         """At the connection limit, make room by closing the connection that has waited longest (at least
         `EVICT_AFTER_S`) on its client: idle, or still sending its request. Connections being answered are
         never closed. So clients that hold connections open without sending cannot lock others out: they
         lose their oldest connection to each new one. False when no connection qualifies."""
         now = self.loop.time()
-        victim, oldest = None, now - min(EVICT_AFTER_S, self.read_timeout_s, self.keep_alive_s)
+        victim, oldest = None, now - min(EVICT_AFTER_S, self.read_timeout_s, self.keep_alive_s, self.write_timeout_s)
         for other in self.connections:
-            if isinstance(other, LossdHttpProtocol) and other._since <= oldest and other._waiting_on_client():
-                victim, oldest = other, other._since
+            if not isinstance(other, LossdHttpProtocol):
+                continue
+            since = other._waiting_on_client(now)
+            if since is not None and since <= oldest:
+                victim, oldest = other, since
         if victim is None:
             return False
         self.logger.debug("Connection limit reached: closing the connection that waited longest on its client.")
-        if victim._phase == IDLE:
+        if victim._unread:  # a response it does not read
+            victim._stop()
+            victim.transport.abort()
+        elif victim._phase == IDLE:
             victim._stop()
             victim.transport.close()
         else:
@@ -336,18 +387,26 @@ class LossdHttpProtocol(HttpToolsProtocol):
             victim._read_timed_out(detail)
         return True
 
-    def _waiting_on_client(self) -> bool:
-        """Idle, or receiving a request, with nothing of the server's own in progress on the connection."""
-        if self._phase == CLOSED or self.transport.is_closing() or self.flow.read_paused:
-            return False
+    def _waiting_on_client(self, now: float) -> float | None:
+        """Since when the connection has waited on its client: to read a response it has read none of since
+        then, or idle or sending a request with nothing of the server's own in progress; None when it has not."""
+        if self._phase == CLOSED:
+            return None
+        if self._unread:
+            self._client_not_reading(now)
+            return self._unread_since if self._unread else None
+        if self.transport.is_closing() or self.flow.read_paused:
+            return None
         cycle = self.cycle
         if self._phase == BODY:
-            return cycle is not None and not cycle.response_started and not cycle.waiting_for_100_continue
-        return not self.pipeline and (cycle is None or cycle.response_complete)
+            waiting = cycle is not None and not cycle.response_started and not cycle.waiting_for_100_continue
+        else:
+            waiting = not self.pipeline and (cycle is None or cycle.response_complete)
+        return self._since if waiting else None
 
     def _period(self) -> float:
         """The longest the timer waits: the shortest deadline of a phase."""
-        return min(self.keep_alive_s, self.read_timeout_s)
+        return min(self.keep_alive_s, self.read_timeout_s, self.write_timeout_s)
 
     def _read_timed_out(self, detail: str | None = None) -> None:
         """408, and close: the request (head or body) has not all arrived within `read_timeout_s` (or
@@ -439,6 +498,7 @@ def protocol_for(settings: Settings) -> type[LossdHttpProtocol]:
         max_connections = settings.max_connections
         read_timeout_s = settings.read_timeout_s
         keep_alive_s = settings.keep_alive_s
+        write_timeout_s = settings.write_timeout_s
         max_header_bytes = settings.max_header_bytes
 
     Configured.__name__ = Configured.__qualname__ = LossdHttpProtocol.__name__

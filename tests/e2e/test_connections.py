@@ -477,3 +477,126 @@ def test_bytes_that_are_not_http_get_a_problem(limited: tuple[str, int], request
         assert json.loads(body)["detail"] == f"the request is not valid HTTP/1.1: {reason}"
         assert _closed(sock)
     _normal_request_works(limited)
+
+
+# --- clients that do not read their answers ------------------------------------------------------------------------
+
+WRITE_TIMEOUT_S = 1.0
+BIG_ANSWER = json.dumps({"input": [[0.5]] * 1000, "target": [[0.25] * 1000], "reduction": "none"}).encode()
+"""A 13 kB request whose answer, broadcast to 1000 x 1000, is 7 MB of JSON."""
+BIG_ANSWER_BYTES = 7 * 10**6
+
+
+def _unread_answer(address: tuple[str, int], small_buffer: bool = True) -> socket.socket:
+    """A connection that asks for `BIG_ANSWER` and reads nothing yet (its receive buffer as small as may be)."""
+    sock = socket.socket()
+    if small_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(PROMPT_S)
+    sock.connect(address)
+    head = HEAD_START + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BIG_ANSWER)
+    sock.sendall(head + BIG_ANSWER)
+    return sock
+
+
+def _drain(sock: socket.socket) -> int:
+    """Read what the server sent until it closed (or reset) the connection: the bytes read."""
+    total = 0
+    sock.settimeout(PROMPT_S)
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(1 << 20):
+            total += len(chunk)
+    return total
+
+
+@pytest.fixture(scope="module")
+def unread_limits() -> Iterator[tuple[str, int]]:
+    """The service with a short write timeout and an in-flight bound smaller than one `BIG_ANSWER`."""
+    url, proc = start_server(
+        LOSSD_WRITE_TIMEOUT_S=str(WRITE_TIMEOUT_S),
+        LOSSD_MAX_INFLIGHT_BYTES=str(4 * 2**20),
+        LOSSD_MAX_BODY_BYTES="65536",
+    )
+    try:
+        split = urlsplit(url)
+        assert split.hostname is not None
+        assert split.port is not None
+        yield split.hostname, split.port
+    finally:
+        stop_server(proc)
+
+
+def test_an_unread_answer_holds_the_inflight_bound_until_the_write_timeout(unread_limits: tuple[str, int]) -> None:
+    """An answer its client does not read counts against LOSSD_MAX_INFLIGHT_BYTES (the next requests get a 503
+    saying so, instead of answers piling up in memory) until LOSSD_WRITE_TIMEOUT_S passes without the client
+    reading: then the connection is cut, the answer dropped, and requests are served again."""
+    host, port = unread_limits
+    sock = _unread_answer(unread_limits)
+    try:
+        refused: list[dict[str, Any]] = []
+
+        def refused_for_unread_answers() -> bool:
+            response = httpx.post(f"http://{host}:{port}/v1/losses/mse", json=MSE, timeout=PROMPT_S)
+            if response.status_code == 503:
+                refused.append(response.json())
+            return bool(refused)
+
+        wait_until(refused_for_unread_answers, 3 * PROMPT_S, "a request refused while the answer is unread")
+        assert refused[0]["type"] == "/problems/overloaded"
+        assert "answers not yet read by their clients" in refused[0]["detail"]
+        wait_until(lambda: _serves(unread_limits), WRITE_TIMEOUT_S + 3 * PROMPT_S, "served again")
+        assert _drain(sock) < BIG_ANSWER_BYTES  # cut off: most of the answer was dropped, never sent
+    finally:
+        sock.close()
+    _normal_request_works(unread_limits)
+
+
+def _serves(address: tuple[str, int]) -> bool:
+    host, port = address
+    response = httpx.post(f"http://{host}:{port}/v1/losses/mse", json=MSE, timeout=PROMPT_S)
+    if response.status_code == 200:
+        _assert_mse(response.json())
+    return response.status_code == 200
+
+
+def test_a_client_that_reads_slowly_gets_its_whole_answer(unread_limits: tuple[str, int]) -> None:
+    """Reading some of the answer within every LOSSD_WRITE_TIMEOUT_S keeps the connection: the whole answer
+    arrives, exactly torch's, even when taking it takes several times the timeout."""
+    sock = _unread_answer(unread_limits, small_buffer=False)
+    try:
+        buffer = b""
+        started = time.monotonic()
+        while (response := _parse_response(buffer)) is None:
+            time.sleep(WRITE_TIMEOUT_S / 3)
+            chunk = sock.recv(1 << 19)
+            assert chunk, "the connection was cut while the client was reading"
+            buffer += chunk
+        status, _, body, _ = response
+        assert status == 200
+        assert time.monotonic() - started > 2 * WRITE_TIMEOUT_S
+        loss = json.loads(body)["loss"]
+        expected = F.mse_loss(torch.full((1000, 1), 0.5), torch.full((1, 1000), 0.25), reduction="none")
+        assert torch.equal(torch.tensor(loss), expected)
+    finally:
+        sock.close()
+
+
+def test_connections_not_reading_their_answers_give_way_to_new_clients() -> None:
+    """Every connection of the limit holds an answer its client does not read: a new client still gets in, as
+    the connection that has waited longest on its client (at least a second) is cut for it."""
+    url, proc = start_server(LOSSD_MAX_CONNECTIONS="4")
+    socks: list[socket.socket] = []
+    try:
+        split = urlsplit(url)
+        assert split.hostname is not None
+        assert split.port is not None
+        address = (split.hostname, split.port)
+        wait_until(lambda: _open_on_the_server(address[1]) == 0, PROMPT_S, "the start-up check's connection closed")
+        socks = [_unread_answer(address) for _ in range(4)]
+        wait_until(lambda: _serves(address), 3 * PROMPT_S, "a new client served at the connection limit")
+        cut = [sock for sock in socks if _drain(sock) < BIG_ANSWER_BYTES]
+        assert cut, "no connection was cut for the new client"
+    finally:
+        for sock in socks:
+            sock.close()
+        stop_server(proc)
