@@ -31,9 +31,12 @@ class Settings(BaseSettings):
     than gRPC's own default of 4 MiB."""
 
     grpc_max_concurrent_rpcs: int = Field(32, ge=1)
-    """gRPC calls (a stream counts as one) served at once per worker; more are refused with RESOURCE_EXHAUSTED.
-    Health checks are apart (16 more). gRPC receives each message whole before lossd sees it, so this (plus the
-    16) times `LOSSD_GRPC_MAX_MESSAGE_BYTES` bounds the memory gRPC requests can hold."""
+    """gRPC calls (a stream counts as one) served at once per worker, each counted from its start; more are refused
+    with RESOURCE_EXHAUSTED, unless a call at the limit has waited over a second on its client (its request still
+    arriving, a stream between requests): that one is ended (DEADLINE_EXCEEDED) for the new one. A unary call's
+    request must arrive within `LOSSD_READ_TIMEOUT_S`. Health checks have 16 places of their own. gRPC receives
+    each message whole before lossd sees it, so this (plus the 16) times `LOSSD_GRPC_MAX_MESSAGE_BYTES` bounds the
+    memory gRPC requests can hold."""
 
     grpc_stream_idle_s: float = Field(60.0, gt=0)
     """A `ModelStreamInfer` stream that sends no request for this long is ended (DEADLINE_EXCEEDED), so that idle

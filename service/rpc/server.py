@@ -32,7 +32,7 @@ from service.api.edge import REQUEST_ID, RequestIds, record, valid_key
 from service.api.errors import grpc_code
 from service.compute import LossResult, RawTensor
 from service.dataplane import Batch, DataPlane, Job
-from service.errors import InvalidRequest, LossdError, Unauthorized
+from service.errors import InvalidRequest, LossdError, RequestTimeout, Unauthorized
 from service.losses.registry import LossSpec
 from service.rpc import grpc_service_pb2 as pb
 from service.rpc import wire
@@ -390,25 +390,105 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             self.watching -= 1
 
 
-class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """What every call but health passes: an API key (`authorization: Bearer <key>` metadata) when keys are set
-    (reflection needs none), and a place among the `LOSSD_GRPC_MAX_CONCURRENT_RPCS` calls served at once
-    (RESOURCE_EXHAUSTED beyond). Health stays apart: probes answer even when the calls are all taken (gRPC's own
-    limit leaves them `HEALTH_HEADROOM` more)."""
+EVICT_AFTER_S = 1.0
+"""At its limit, a call that has waited this long on its client may be ended for a new one (as HTTP connections)."""
 
-    HEALTH_HEADROOM = 16
+
+class _Evicted(RequestTimeout):
+    """The call waited longest on its client when a new call needed its place."""
+
+
+class _Pool:
+    """Calls served at once, at most `limit`, each counted from its start (its headers), whatever its messages
+    do; those waiting on their client for a message, for eviction."""
+
+    def __init__(self, limit: int, name: str):
+        self.limit = limit
+        self.name = name
+        self.active = 0
+        self.waiting: set[_Arrivals] = set()
+
+    def evict(self) -> bool:
+        """End the call that has waited longest (at least `EVICT_AFTER_S`) on its client's next message: a unary
+        request still arriving, a stream between requests. False when none qualifies."""
+        oldest = asyncio.get_running_loop().time() - EVICT_AFTER_S
+        victim = None
+        for arrival in self.waiting:
+            if arrival.since <= oldest and not arrival.evicted:
+                victim, oldest = arrival, arrival.since
+        if victim is None:
+            return False
+        victim.evict(self)
+        return True
+
+
+class _Arrivals:
+    """A call's request messages as its handler reads them, noting since when it has waited for the next."""
+
+    def __init__(self, messages: AsyncIterator[Any], pool: _Pool):
+        self.messages = messages
+        self.pool = pool
+        self.since = 0.0
+        self.evicted = False
+        self._task: asyncio.Task[Any] | None = None
+
+    def __aiter__(self) -> _Arrivals:
+        return self
+
+    async def __anext__(self) -> Any:
+        self._task = asyncio.current_task()
+        self.since = asyncio.get_running_loop().time()
+        self.pool.waiting.add(self)
+        try:
+            return await anext(self.messages)
+        except asyncio.CancelledError:
+            if not self.evicted:
+                raise
+            if self._task is not None:
+                self._task.uncancel()
+            detail = (
+                f"the call waited longest on its client's next message when the server, at its limit of "
+                f"{self.pool.limit} {self.pool.name} (LOSSD_GRPC_MAX_CONCURRENT_RPCS), needed its place"
+            )
+            raise _Evicted(detail, loc=("request",)) from None
+        finally:
+            self.pool.waiting.discard(self)
+
+    def evict(self, pool: _Pool) -> None:
+        self.evicted = True
+        pool.waiting.discard(self)
+        if self._task is not None:
+            self._task.cancel()
+
+
+class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """What every call passes: an API key (`authorization: Bearer <key>` metadata) when keys are set (health and
+    reflection need none), and a place among the calls served at once: `LOSSD_GRPC_MAX_CONCURRENT_RPCS`, and
+    `HEALTH_CALLS` more for health checks alone, so that probes answer when the others are all taken
+    (RESOURCE_EXHAUSTED beyond).
+
+    A call takes its place when it starts, before its request arrives: every method reads its request messages
+    here, as a stream (a unary request is read with `LOSSD_READ_TIMEOUT_S` to arrive whole, else
+    DEADLINE_EXCEEDED). At the limit, the call that has waited longest (over `EVICT_AFTER_S`) on its client (a
+    request still arriving, a stream idle between requests) is ended (DEADLINE_EXCEEDED) for the new one: calls
+    that start and never send cannot lock out other clients, or the probes."""
+
+    HEALTH_CALLS = 16
 
     def __init__(self, state: AppState):
         self.keys = [key.encode() for key in state.api_keys]
         self.state = state
-        self.limit = state.settings.grpc_max_concurrent_rpcs
-        self.active = 0
+        self.read_timeout_s = state.settings.read_timeout_s
+        self.calls = _Pool(state.settings.grpc_max_concurrent_rpcs, "calls")
+        self.health = _Pool(self.HEALTH_CALLS, "health checks")
         self.ids = RequestIds()
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(f"/{HEALTH}/"):
+        if handler is None:
             return handler
+        if details.method.startswith(f"/{HEALTH}/"):
+            return self._counted(handler, self.health)
         if (
             self.keys
             and not details.method.startswith(REFLECTION)
@@ -420,37 +500,76 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             self.state.metrics.rejections.labels(reason=Unauthorized.slug).inc()
             message = "a valid API key is required: send `authorization: Bearer <key>` metadata"
             return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, message, self.ids.next())
-        return self._counted(handler)
+        return self._counted(handler, self.calls)
 
-    def _counted(self, handler: Any) -> Any:
-        """`handler`, holding a place among the calls served at once while it runs."""
-        request_streaming, response_streaming = handler.request_streaming, handler.response_streaming
-        field = ("stream_" if request_streaming else "unary_") + ("stream" if response_streaming else "unary")
-        behavior = getattr(handler, field)
+    def _counted(self, handler: Any, pool: _Pool) -> Any:
+        """`handler` as a request-streaming handler that holds a place in `pool` from the call's start, reads its
+        request messages through `_Arrivals`, and ends the call with a status when they do not come."""
+        response_streaming = handler.response_streaming
+        if handler.request_streaming:
+            behavior = handler.stream_stream if response_streaming else handler.stream_unary
 
-        async def unary(request: Any, context: Any) -> Any:
-            await self._enter(context)
+            def read(messages: AsyncIterator[Any], context: Any) -> Awaitable[Any]:
+                return _ready(_Arrivals(messages, pool))
+
+            deserializer = handler.request_deserializer
+        else:
+            behavior = handler.unary_stream if response_streaming else handler.unary_unary
+            read, deserializer = partial(self._one_message, pool, handler.request_deserializer), None
+
+        async def unary(messages: AsyncIterator[Any], context: Any) -> Any:
+            await self._enter(pool, context)
             try:
-                return await behavior(request, context)
+                return await behavior(await read(messages, context), context)
+            except _Evicted as exc:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, exc.detail)
             finally:
-                self.active -= 1
+                pool.active -= 1
 
-        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-            await self._enter(context)
+        async def streaming(messages: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            await self._enter(pool, context)
             try:
-                async for response in behavior(request, context):
+                async for response in behavior(await read(messages, context), context):
                     yield response
+            except _Evicted as exc:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, exc.detail)
             finally:
-                self.active -= 1
+                pool.active -= 1
 
-        return handler._replace(**{field: streaming if response_streaming else unary})
+        kind = (True, response_streaming)
+        return HANDLERS[kind](
+            streaming if response_streaming else unary,
+            request_deserializer=deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
-    async def _enter(self, context: Any) -> None:
-        if self.active >= self.limit:
+    async def _one_message(
+        self, pool: _Pool, deserializer: Callable[[bytes], Any] | None, messages: AsyncIterator[Any], context: Any
+    ) -> Any:
+        """A unary call's request, which must arrive whole within `LOSSD_READ_TIMEOUT_S` of the call's start."""
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                data = await anext(_Arrivals(messages, pool))
+        except TimeoutError:
+            self.state.metrics.rejections.labels(reason="request-timeout").inc()
+            detail = f"the request did not arrive within {self.read_timeout_s:g} s of the call (LOSSD_READ_TIMEOUT_S)"
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, detail)
+        except StopAsyncIteration:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request message")
+        if deserializer is None:
+            return data
+        try:
+            return deserializer(data)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request message does not parse")
+
+    async def _enter(self, pool: _Pool, context: Any) -> None:
+        if pool.active >= pool.limit and not pool.evict():
             self.state.metrics.rejections.labels(reason="overloaded").inc()
-            detail = f"{self.active} gRPC calls are being served, the most LOSSD_GRPC_MAX_CONCURRENT_RPCS allows"
+            setting = "LOSSD_GRPC_MAX_CONCURRENT_RPCS" if pool is self.calls else "the health checks' own limit"
+            detail = f"{pool.active} gRPC {pool.name} are being served, the most {setting} allows"
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{detail}; retry shortly", (("retry-after", "1"),))
-        self.active += 1
+        pool.active += 1
 
 
 def _refusing(handler: Any, code: grpc.StatusCode, message: str, request_id: str) -> Any:
@@ -530,7 +649,6 @@ async def start(state: AppState) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=[Gate(state)],
         options=options(state),
-        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs + Gate.HEALTH_HEADROOM,
     )
     _add_to(server, InferenceService(state))
     health_pb2_grpc.add_HealthServicer_to_server(HealthService(state), server)

@@ -8,9 +8,10 @@ Every number is compared with `torch.nn.functional` computed here (bit for bit o
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -546,33 +547,154 @@ def test_limits_are_resource_exhausted() -> None:
             assert ("retry-after", "1") in [(m.key, m.value) for m in error.trailing_metadata()]
         _still_works(server)
 
-        tiny = request("l1", {"input": x[0, :3], "target": x[0, :3]})
-        held = [threading.Event() for _ in range(4)]  # four streams, open until their gates open: four calls
-        gates = [threading.Event() for _ in range(4)]
+    finally:
+        server.close()
 
-        def open_stream(gate: threading.Event, ready: threading.Event) -> None:
+
+def test_calls_at_the_limit() -> None:
+    """LOSSD_GRPC_MAX_CONCURRENT_RPCS calls computing: one more is RESOURCE_EXHAUSTED, while health checks, which
+    have places of their own, answer. Calls at the limit that wait on their clients (streams between requests)
+    make room: the one that waited longest is ended (DEADLINE_EXCEEDED) for a new call."""
+    server = Server(LOSSD_GRPC_MAX_CONCURRENT_RPCS="2", LOSSD_INLINE_MAX_ELEMENTS="0", LOSSD_MAX_CONCURRENCY="2")
+    try:
+        x, t = randn(4096, 512, seed=1).float(), randint(512, 4096, seed=2)
+        slow = request("cross_entropy", {"input": x, "target": t}, outputs=["loss", "grad_input"])
+        tiny = request("l1", {"input": x[0, :3], "target": x[0, :3]})
+        health = health_pb2_grpc.HealthStub(server.channel)
+        busy = [server.stub.ModelInfer.future(slow, timeout=60) for _ in range(2)]
+        wait_until(lambda: computing(server.url) == 2 or all(b.done() for b in busy), 30, "two calls computing")
+        if computing(server.url) == 2:  # (on a fast machine they may be done already: nothing to assert then)
+            code, detail = code_of(lambda: server.stub.ModelInfer(tiny, timeout=10))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "LOSSD_GRPC_MAX_CONCURRENT_RPCS" in detail
+            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        for call in busy:
+            same(outputs(call.result())["loss"], F.cross_entropy(x, t))
+
+        ended: list[Any] = []
+        answered = [threading.Event() for _ in range(2)]
+        gate = threading.Event()
+
+        def open_stream(ready: threading.Event) -> None:
             def messages() -> Iterator[Any]:
                 yield tiny
                 gate.wait(30)
 
-            for _ in server.stub.ModelStreamInfer(messages(), timeout=30):
-                ready.set()
+            try:
+                for _ in server.stub.ModelStreamInfer(messages(), timeout=30):
+                    ready.set()
+            except grpc.RpcError as exc:
+                ended.append(exc)
 
-        openers = [threading.Thread(target=open_stream, args=(g, r)) for g, r in zip(gates, held, strict=True)]
+        openers = [threading.Thread(target=open_stream, args=(ready,)) for ready in answered]
         for opener in openers:
             opener.start()
-        for ready in held:
+        for ready in answered:
             assert ready.wait(30)
-        code, _ = code_of(lambda: server.stub.ModelInfer(tiny, timeout=10))
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        health = health_pb2_grpc.HealthStub(server.channel)  # probes still answer
-        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
-        for gate in gates:
-            gate.set()
+        wait_until(lambda: _admitted(lambda: _still_works(server)), 10, "a call at the limit, once a stream idled 1 s")
+        wait_until(lambda: len(ended) == 1, 10, "the stream that made room ended")
+        error = ended[0]
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "needed its place" in error.details()
+        gate.set()
         for opener in openers:
             opener.join(30)
         _still_works(server)
     finally:
+        server.close()
+
+
+def _admitted(call: Callable[[], Any]) -> bool:
+    """Whether `call` got a place (False: RESOURCE_EXHAUSTED, the limit's answer while no call may make room);
+    a call admitted must succeed: it returns True, or raises."""
+    try:
+        return call() is not False
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
+            raise
+        return False
+
+
+class RawHttp2:
+    """A hand-written HTTP/2 client over one connection: it starts gRPC calls and sends their messages in part,
+    as a hostile client may (no gRPC library lets a call stall mid-message)."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + self.frame(4, 0, 0))  # preface, SETTINGS
+        self.ended: dict[int, bytes] = {}
+        """Stream id -> how it ended: its trailers' block (HEADERS with END_STREAM) or RST_STREAM's code."""
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    @staticmethod
+    def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+    @staticmethod
+    def _literal(name: str, value: str) -> bytes:  # HPACK: a literal without indexing, short strings only
+        return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+    def stall(self, stream: int, path: str) -> None:
+        """Start a call and send 1 byte of a message that declares 100."""
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "lossd")]
+        headers += [("content-type", "application/grpc"), ("te", "trailers")]
+        block = b"".join(self._literal(n, v) for n, v in headers)
+        self.sock.sendall(
+            self.frame(1, 4, stream, block) + self.frame(0, 0, stream, b"\x00" + (100).to_bytes(4, "big") + b"\x0a")
+        )
+
+    def _read(self) -> None:
+        buffer = b""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            buffer += data
+            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+                size = int.from_bytes(buffer[:3], "big")
+                kind, flags, stream = buffer[3], buffer[4], int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+                payload, buffer = buffer[9 : 9 + size], buffer[9 + size :]
+                if kind == 4 and not flags & 1:  # SETTINGS: acknowledge
+                    self.sock.sendall(self.frame(4, 1, 0))
+                elif kind == 6 and not flags & 1:  # PING: answer
+                    self.sock.sendall(self.frame(6, 1, 0, payload))
+                elif (kind == 1 and flags & 1) or kind == 3:  # trailers, or RST_STREAM
+                    self.ended.setdefault(stream, payload)  # trailers come before the RST_STREAM after them
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_calls_that_never_send_their_request_lock_nobody_out() -> None:
+    """Calls that start and send part of their message, never the rest, more than every limit (those of health
+    checks too): inference calls and health checks still answer (stalled calls make room at the limit), and every
+    stalled call is ended when LOSSD_READ_TIMEOUT_S has passed."""
+    server = Server(LOSSD_GRPC_MAX_CONCURRENT_RPCS="4", LOSSD_READ_TIMEOUT_S="3")
+    raw = RawHttp2(server.port)
+    try:
+        inference = "/inference.GRPCInferenceService/ModelInfer"
+        check = "/grpc.health.v1.Health/Check"
+        streams = [1 + 2 * i for i in range(40)]
+        for stream in streams:
+            raw.stall(stream, inference if stream % 4 == 1 else check)
+        health = health_pb2_grpc.HealthStub(server.channel)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        wait_until(
+            lambda: _admitted(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == serving),
+            10,
+            "a health check answered, once a stalled one waited 1 s",
+        )
+        wait_until(lambda: _admitted(lambda: _still_works(server)), 10, "a call answered")
+        wait_until(lambda: len(raw.ended) == len(streams), 20, "every stalled call ended")
+        trailers = [block for block in raw.ended.values() if len(block) > 4]  # not an RST_STREAM code
+        assert trailers, "no stalled call was ended with a status"
+        _still_works(server)
+    finally:
+        raw.close()
         server.close()
 
 
