@@ -547,15 +547,19 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, pool: _Pool, deserializer: Callable[[bytes], Any] | None, messages: AsyncIterator[Any], context: Any
     ) -> Any:
         """A unary call's request, which must arrive whole within `LOSSD_READ_TIMEOUT_S` of the call's start."""
+        arrivals = _Arrivals(messages, pool)
         try:
             async with asyncio.timeout(self.read_timeout_s):
-                data = await anext(_Arrivals(messages, pool))
+                data = await anext(arrivals)
+                more = await anext(arrivals, None)  # the end of the client's stream, sent with its message
         except TimeoutError:
             self.state.metrics.rejections.labels(reason="request-timeout").inc()
             detail = f"the request did not arrive within {self.read_timeout_s:g} s of the call (LOSSD_READ_TIMEOUT_S)"
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, detail)
         except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended without its request message")
+        if more is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a unary call takes one request message")
         if deserializer is None:
             return data
         try:
