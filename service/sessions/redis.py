@@ -35,9 +35,9 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from service.errors import Conflict, SessionFull, StoreUnavailable, TooManySessions
+from service.errors import Conflict, StoreUnavailable, TooManySessions
 from service.sessions.state import LossTotals, Merged, Record, Totals, labels
-from service.sessions.store import SessionLimits, missing, new_id
+from service.sessions.store import SessionLimits, count_full, missing, new_id
 
 CONNECT_TIMEOUT_S = 1.0
 OPERATION_TIMEOUT_S = 5.0
@@ -443,9 +443,7 @@ class RedisStore:
         if outcome == "groups":
             raise self.limits.full_groups(int(detail))
         if outcome == "count":
-            raise SessionFull(
-                f"the count of {detail!r} would pass 2^53, the most Redis' Lua counts exactly", loc=("stats",)
-            )
+            raise count_full(detail)
         assert outcome == "losses", outcome
         raise ValueError(f"{len(increments)} increments for a session of {detail} losses")
 

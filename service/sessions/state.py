@@ -19,6 +19,8 @@ from service.losses.registry import LossTotals, StatsRule, Totals
 __all__ = ["LossTotals", "Totals"]  # re-exported: what a session accumulates
 
 STATE_FORMAT = "lossd.session"
+MAX_COUNT = 2**53
+"""A total's count stays below this: the most terms Redis' Lua (doubles) counts exactly, in either store."""
 STATE_VERSION = 1
 
 
@@ -38,6 +40,10 @@ def read_totals(value: Any, where: tuple[str | int, ...]) -> Totals:
         raise InvalidRequest('stats sum and weight must be numbers (or "NaN", "Infinity", "-Infinity")', loc=where)
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise InvalidRequest("stats count must be a non-negative integer", loc=(*where, "count"))
+    if n >= MAX_COUNT:
+        raise InvalidRequest(
+            f"stats count must be below 2^53 (the most a session counts exactly), got {n}", loc=(*where, "count")
+        )
     return Totals(float(s), float(w), n)
 
 
@@ -137,6 +143,11 @@ def merge(states: list[Any]) -> Merged:
         merged.batches.update(batches)
         for into, add in zip(merged.totals, totals, strict=True):
             into.add(add)
+            if max((t.count for t in (into.total, *into.groups.values())), default=0) >= MAX_COUNT:
+                raise InvalidRequest(
+                    f"merging state {i} would count 2^53 terms or more, the most a session counts exactly",
+                    loc=(*where, "totals"),
+                )
     assert merged is not None
     return merged
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from service.errors import Conflict, NotConfigured, SessionFull, SessionNotFound, TooManySessions
 from service.losses.registry import LossTotals
-from service.sessions.state import Merged, Record, labels
+from service.sessions.state import MAX_COUNT, Merged, Record, labels
 
 if TYPE_CHECKING:
     from service.dataplane import Batch
@@ -48,6 +48,12 @@ class SessionLimits:
             limit=self.max_groups,
             actual=totals,
         )
+
+
+def count_full(field: str) -> SessionFull:
+    """The error of a batch that would take a count (`field`: the loss's index, and `:label` for a group's) to
+    2^53 (`state.MAX_COUNT`)."""
+    return SessionFull(f"the count of {field!r} would reach 2^53, the most a session counts exactly", loc=("tensors",))
 
 
 def missing(session_id: str) -> SessionNotFound:
@@ -164,6 +170,13 @@ class MemoryStore:
             return False
         new_labels = labels(increments) - session.labels
         self._check_limits(len(session.batches) + 1, session.labels | new_labels, len(session.totals))
+        for i, (held, add) in enumerate(zip(session.totals, increments, strict=True)):
+            if held.total.count + add.total.count >= MAX_COUNT:
+                raise count_full(str(i))
+            for label, group in add.groups.items():
+                before = held.groups.get(label)
+                if (before.count if before else 0) + group.count >= MAX_COUNT:
+                    raise count_full(f"{i}:{label}")
         for into, add in zip(session.totals, increments, strict=True):
             into.add(add)
         session.labels |= new_labels

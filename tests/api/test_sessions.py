@@ -8,6 +8,7 @@ service answers (each batch's own, the dataset's, each group's, merged states') 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import math
 from collections.abc import Callable
@@ -270,6 +271,28 @@ def test_states_sharing_a_batch_id_do_not_merge(client: TestClient) -> None:
     body = problem(client.post("/v1/sessions", json={"from_states": [a, b]}), 409, "conflict")
     assert body["errors"][0]["loc"] == ["body", "from_states", 1, "batches", "b2"]
     problem(client.post("/v1/sessions", json={"from_states": [a, a]}), 409, "conflict")
+
+
+def test_state_counts_a_session_cannot_hold_are_refused(client: TestClient) -> None:
+    """A state whose count a session could not count exactly (2^53 or more: forged, or merged past it) is a 422
+    naming where, and the server's sessions stay readable."""
+    state = client.get(f"/v1/sessions/{filled(client, ('b1',))}/state").json()
+    forged = copy.deepcopy(state)
+    forged["totals"][0]["count"] = 2**64 - 1
+    body = problem(client.post("/v1/sessions", json={"from_states": [forged]}), 422, "invalid-request")
+    assert body["errors"][0]["loc"] == ["body", "from_states", 0, "totals", 0, "count"]
+    assert "below 2^53" in body["detail"]
+
+    half = copy.deepcopy(state)
+    half["totals"][0]["count"] = 2**52
+    other = copy.deepcopy(half)
+    other["batches"] = {"another": next(iter(half["batches"].values()))}
+    body = problem(client.post("/v1/sessions", json={"from_states": [half, other]}), 422, "invalid-request")
+    assert body["errors"][0]["loc"] == ["body", "from_states", 1, "totals"]
+    assert "2^53" in body["detail"]
+    single = client.post("/v1/sessions", json={"from_states": [half]})
+    assert single.status_code == 201, single.text
+    assert view(client, single.json()["id"])["results"][0]["stats"]["count"] == 2**52
 
 
 def test_a_batch_sent_again_is_a_duplicate_whatever_its_json_formatting(client: TestClient) -> None:
