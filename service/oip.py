@@ -34,6 +34,10 @@ RESERVED_PARAMETERS = frozenset(
 """Request parameters of the protocol itself (Triton's; MLServer's codecs send `content_type` and `headers`),
 which are not loss parameters: taken or passed over, never refused."""
 
+SEQUENCE_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end"})
+"""Triton's sequence parameters: over gRPC a `sequence_id` makes the request a batch of that session; the HTTP route
+refuses them rather than compute a lone request the client meant to accumulate."""
+
 V1_OPTIONS = {
     "return_grad": "ask for gradients as outputs (grad_<input>)",
     "output_encoding": "each output's binary_data parameter (or the request's binary_data_output) picks its encoding",
@@ -185,6 +189,13 @@ def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | No
     request = plane.validate(InferenceRequest, payload)
     assert isinstance(request, InferenceRequest)
     parameters = dict(request.parameters or {})
+    sequence = sorted(parameters.keys() & SEQUENCE_PARAMETERS)
+    if sequence:
+        raise InvalidRequest(
+            f"{sequence[0]}: this route computes single requests; a session's batches go to "
+            "POST /v1/sessions/{id}/batches, or over gRPC (ModelInfer or ModelStreamInfer with a sequence_id)",
+            loc=(sequence[0],),
+        )
     binary_default = _flag(parameters, "binary_data_output", False, ("parameters",))
     outputs = request.outputs or [RequestOutput(name="loss")]
     for i, output in enumerate(outputs):  # each output's binary_data, checked once: a boolean

@@ -236,6 +236,71 @@ ERRORS: list[tuple[str, dict[str, Any], int, str]] = [
         "unsupported datatype 'BYTES'",
     ),
     ("no inputs", {"inputs": []}, 400, "inputs"),
+    *(
+        (
+            f"v1 option {name}",
+            {
+                "parameters": {name: value},
+                "inputs": [_json_input("input", X, "FP32"), _json_input("target", T, "INT64")],
+            },
+            400,
+            f"{name} is not a parameter of the inference protocol: {instead}",
+        )
+        for name, value, instead in [
+            ("return_grad", True, "ask for gradients as outputs (grad_<input>)"),
+            ("output_encoding", "base64", "each output's binary_data parameter"),
+            ("return_stats", True, "a session's batches (sequence_id) accumulate statistics"),
+        ]
+    ),
+    (
+        "sequence_id",
+        {
+            "parameters": {"sequence_id": "abc"},
+            "inputs": [_json_input("input", X, "FP32"), _json_input("target", T, "INT64")],
+        },
+        400,
+        "sequence_id: this route computes single requests; a session's batches go to POST /v1/sessions/{id}/batches",
+    ),
+    (
+        "binary_data_output not a boolean",
+        {
+            "parameters": {"binary_data_output": "yes"},
+            "inputs": [_json_input("input", X, "FP32"), _json_input("target", T, "INT64")],
+        },
+        400,
+        "binary_data_output must be true or false, got 'yes'",
+    ),
+    (
+        "binary_data not a boolean",
+        {
+            "inputs": [_json_input("input", X, "FP32"), _json_input("target", T, "INT64")],
+            "outputs": [{"name": "loss", "parameters": {"binary_data": 1}}],
+        },
+        400,
+        "binary_data must be true or false, got 1",
+    ),
+    (
+        "binary_data_size not an integer",
+        {
+            "inputs": [
+                {"name": "input", "shape": [4, 3], "datatype": "FP32", "parameters": {"binary_data_size": "48"}},
+                _json_input("target", T, "INT64"),
+            ]
+        },
+        400,
+        "input: binary_data_size must be a non-negative integer (bytes), got '48'",
+    ),
+    (
+        "data and binary data",
+        {
+            "inputs": [
+                {**_json_input("input", X, "FP32"), "parameters": {"binary_data_size": 0}},
+                _json_input("target", T, "INT64"),
+            ]
+        },
+        400,
+        "input: give its values in data or as binary data (binary_data_size), not both",
+    ),
 ]
 
 
@@ -247,6 +312,19 @@ def test_errors_use_the_protocol_body(
     assert response.status_code == status
     assert set(response.json()) == {"error"}
     assert message in response.json()["error"]
+
+
+def test_mlservers_parameters_are_passed_over(client: TestClient) -> None:
+    """MLServer's codecs send `content_type` (and `headers`) with a request and its inputs: not loss parameters,
+    not refused."""
+    inputs = [
+        {**_json_input("input", X, "FP32"), "parameters": {"content_type": "np"}},
+        _json_input("target", T, "INT64"),
+    ]
+    body = {"parameters": {"content_type": "np", "headers": {"x": "y"}, "label_smoothing": 0.1}, "inputs": inputs}
+    response = client.post("/v2/models/cross_entropy/infer", json=body)
+    assert response.status_code == 200, response.text
+    wire.assert_same(response.json()["outputs"][0]["data"][0], F.cross_entropy(X, T, label_smoothing=0.1))
 
 
 def test_error_wording_equals_v1(client: TestClient) -> None:
