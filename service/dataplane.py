@@ -201,6 +201,14 @@ class DataPlane:
                 f"tensors go in the shared 'tensors' object, not in the entry: {name!r}", loc=(*here, name)
             )
         keys = {arg.name: renames.get(arg.name, arg.name) for arg in spec.tensors}
+        for arg, key in renames.items():
+            if key not in pool.values:
+                names = list(pool.values)
+                held = ", ".join(map(repr, names[:10])) + (", ..." if len(names) > 10 else "") or "none"
+                raise InvalidRequest(
+                    f"tensors.{arg} names {key!r}, which the request's tensors do not hold (they hold {held})",
+                    loc=(*here, "tensors", arg),
+                )
         given = {arg: key for arg, key in keys.items() if key in pool.values}
         where: dict[str, Loc] = {arg: ("tensors", key) for arg, key in given.items()}
         where |= {k: ("tensors", k) for k in given.values()} | {"groups": ("groups",)}

@@ -85,7 +85,12 @@ def test_bad_entries_fail_alone(client: TestClient) -> None:
     assert ["body", "losses", 2, "weight"] in [e["loc"] for e in results[2]["errors"]]
     assert results[3]["errors"][0]["loc"] == ["body", "losses", 3, "name"]
     assert ["body", "losses", 4, "gama"] in [e["loc"] for e in results[4]["errors"]]
-    assert ["body", "losses", 6, "target"] in [e["loc"] for e in results[6]["errors"]]
+    assert results[6]["errors"][0]["loc"] == ["body", "losses", 6, "tensors", "target"]
+    held = ", ".join(repr(key) for key in TENSORS)
+    assert (
+        results[6]["detail"]
+        == f"tensors.target names 'missing', which the request's tensors do not hold (they hold {held})"
+    )
     assert results[0]["loss"] == _single(client, {"name": "mse"}, False)["loss"]
 
 
