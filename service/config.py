@@ -118,7 +118,8 @@ class Settings(BaseSettings):
 
     max_inflight_bytes: int = Field(256 * 2**20, ge=1024)
     """Request body bytes being received and processed at once, over all requests (declared Content-Length,
-    or counted as a chunked body arrives); a request that would pass it gets a 503 before its body is read."""
+    or counted as a chunked body arrives), and answers of 1 MiB or more not yet drained to their clients; a
+    request that would pass it gets a 503 before its body is read."""
 
     isolate_work_bytes: int = Field(64 * 2**20, ge=0)
     """Computations predicted to build more than this run in a worker process, which is killed (and

@@ -9,6 +9,7 @@ extension). Validation and compute are the data plane's, shared with v1.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -32,7 +33,7 @@ RESERVED_PARAMETERS = frozenset(
     | {"headers"}
 )
 """Request parameters of the protocol itself (Triton's; MLServer's codecs send `content_type` and `headers`),
-which are not loss parameters: taken or passed over, never refused."""
+which are not loss parameters (the HTTP route refuses the sequence parameters: see `SEQUENCE_PARAMETERS`)."""
 
 SEQUENCE_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end"})
 """Triton's sequence parameters: over gRPC a `sequence_id` makes the request a batch of that session; the HTTP route
@@ -189,6 +190,7 @@ def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | No
     request = plane.validate(InferenceRequest, payload)
     assert isinstance(request, InferenceRequest)
     parameters = dict(request.parameters or {})
+    check_parameters(parameters)
     sequence = sorted(parameters.keys() & SEQUENCE_PARAMETERS)
     if sequence:
         raise InvalidRequest(
@@ -205,6 +207,14 @@ def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | No
     names = [output.name for output in outputs]
     job = plan(plane, spec, parameters, raw, names, "binary" if binary_outputs else "json")
     return job.then(partial(_answer, spec, request, outputs, binary_default))
+
+
+def check_parameters(parameters: Mapping[str, Any]) -> None:
+    """Refuse the v1 API's options among a request's parameters (before its inputs are read), saying what the
+    protocol does instead."""
+    for name, instead in V1_OPTIONS.items():
+        if name in parameters:
+            raise InvalidRequest(f"{name} is not a parameter of the inference protocol: {instead}", loc=(name,))
 
 
 def _flag(parameters: dict[str, Any], name: str, default: bool, loc: tuple[str | int, ...]) -> bool:
@@ -233,9 +243,6 @@ def plan(
     for name in wanted:
         if name.startswith("grad_") and name[5:] not in raw:
             raise InvalidRequest(f"output {name!r} needs input {name[5:]!r}, which the request does not give")
-    for name, instead in V1_OPTIONS.items():
-        if name in parameters:
-            raise InvalidRequest(f"{name} is not a parameter of the inference protocol: {instead}", loc=(name,))
     fields = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS and not k.startswith("triton_")}
     fields |= {"return_grad": [name[5:] for name in wanted if name != "loss"]} | dict.fromkeys(raw, True)
     # the inputs and the outputs asked for stand for the tensor fields and return_grad: no parameters to suggest

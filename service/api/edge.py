@@ -90,8 +90,8 @@ class Edge:
                 body = message.get("body", b"")
                 info["bytes_out"] += len(body)
                 if len(body) >= HELD_ANSWER_BYTES and not message.get("more_body"):
-                    # held until the client has read it: the server's send of the body's (empty) end waits for
-                    # the bytes before it to drain (or for the connection to be cut, LOSSD_WRITE_TIMEOUT_S)
+                    # held until it has left the server's buffers: the send of the body's (empty) end waits for the
+                    # bytes before it to drain to the kernel (or for the connection to be cut, LOSSD_WRITE_TIMEOUT_S)
                     share.hold(len(body))
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                     message = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -219,8 +219,8 @@ def _declared(headers: dict[bytes, bytes]) -> int:
 
 
 HELD_ANSWER_BYTES = 1 << 20
-"""An answer at least this large counts in the in-flight bound until its client has read it (smaller ones fit in
-the kernel's socket buffers)."""
+"""An answer at least this large counts in the in-flight bound until it has left the server's buffers for the
+kernel's (smaller ones go there at once; the kernel holds a few MB per connection, outside the bound)."""
 
 
 class InflightBytes:
@@ -228,9 +228,10 @@ class InflightBytes:
     `Content-Length` when it arrives (a body that would pass the bound is refused, 503 with Retry-After,
     before it is read), a chunked body as it comes, and then what reading it builds besides its bytes (an
     inflated gzip body, the Python lists of nested JSON arrays), taken by the worker thread that reads it;
-    and a large answer, until its client has read it (clients that do not read what they asked for cannot
-    pile answers up in memory: the requests that come meanwhile wait for room, 503). A share is given back
-    when its request is answered (and its answer read); a thread abandoned at a timeout takes nothing after."""
+    and a large answer, until it has left the server's buffers (clients that do not read what they asked for
+    cannot pile answers up in memory: the requests that come meanwhile get a 503 until the answers drain or
+    LOSSD_WRITE_TIMEOUT_S cuts them off). A share is given back when its request is answered (and its answer
+    has drained); a thread abandoned at a timeout takes nothing after."""
 
     def __init__(self, limit: int):
         self.limit = limit

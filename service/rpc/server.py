@@ -207,6 +207,7 @@ class InferenceService:
     async def _answer(self, request: Any, blobs: list[memoryview], context: Any, info: dict[str, Any]) -> Any:
         """A model's inference, or with a `sequence_id` parameter a batch of that session (tritonclient's
         `infer(sequence_id=...)` sends it unary, its `async_stream_infer` on the stream)."""
+        oip.check_parameters(request.parameters)
         if "sequence_id" in request.parameters:
             return await self._batch(request, blobs, context, info)
         return await self._infer(request, blobs, context, info)
@@ -402,9 +403,10 @@ class _Pool:
     """Calls served at once, at most `limit`, each counted from its start (its headers), whatever its messages
     do; those waiting on their client for a message, for eviction."""
 
-    def __init__(self, limit: int, name: str):
+    def __init__(self, limit: int, name: str, setting: str):
         self.limit = limit
         self.name = name
+        self.setting = setting
         self.active = 0
         self.waiting: set[_Arrivals] = set()
 
@@ -448,7 +450,7 @@ class _Arrivals:
                 self._task.uncancel()
             detail = (
                 f"the call waited longest on its client's next message when the server, at its limit of "
-                f"{self.pool.limit} {self.pool.name} (LOSSD_GRPC_MAX_CONCURRENT_RPCS), needed its place"
+                f"{self.pool.limit} {self.pool.name} ({self.pool.setting}), needed its place"
             )
             raise _Evicted(detail, loc=("request",)) from None
         finally:
@@ -479,8 +481,8 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.keys = [key.encode() for key in state.api_keys]
         self.state = state
         self.read_timeout_s = state.settings.read_timeout_s
-        self.calls = _Pool(state.settings.grpc_max_concurrent_rpcs, "calls")
-        self.health = _Pool(self.HEALTH_CALLS, "health checks")
+        self.calls = _Pool(state.settings.grpc_max_concurrent_rpcs, "calls", "LOSSD_GRPC_MAX_CONCURRENT_RPCS")
+        self.health = _Pool(self.HEALTH_CALLS, "health checks", "the health checks' own limit")
         self.ids = RequestIds()
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
@@ -522,7 +524,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 return await behavior(await read(messages, context), context)
             except _Evicted as exc:
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, exc.detail)
+                await self._evicted(exc, context)
             finally:
                 pool.active -= 1
 
@@ -532,7 +534,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 async for response in behavior(await read(messages, context), context):
                     yield response
             except _Evicted as exc:
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, exc.detail)
+                await self._evicted(exc, context)
             finally:
                 pool.active -= 1
 
@@ -553,7 +555,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 data = await anext(arrivals)
                 more = await anext(arrivals, None)  # the end of the client's stream, sent with its message
         except TimeoutError:
-            self.state.metrics.rejections.labels(reason="request-timeout").inc()
+            self.state.metrics.rejections.labels(reason=RequestTimeout.slug).inc()
             detail = f"the request did not arrive within {self.read_timeout_s:g} s of the call (LOSSD_READ_TIMEOUT_S)"
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, detail)
         except StopAsyncIteration:
@@ -567,11 +569,14 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         except DecodeError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request message does not parse")
 
+    async def _evicted(self, exc: _Evicted, context: Any) -> None:
+        self.state.metrics.rejections.labels(reason=exc.slug).inc()
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, exc.detail)
+
     async def _enter(self, pool: _Pool, context: Any) -> None:
         if pool.active >= pool.limit and not pool.evict():
             self.state.metrics.rejections.labels(reason="overloaded").inc()
-            setting = "LOSSD_GRPC_MAX_CONCURRENT_RPCS" if pool is self.calls else "the health checks' own limit"
-            detail = f"{pool.active} gRPC {pool.name} are being served, the most {setting} allows"
+            detail = f"{pool.active} gRPC {pool.name} are being served, the most {pool.setting} allows"
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{detail}; retry shortly", (("retry-after", "1"),))
         pool.active += 1
 

@@ -57,7 +57,8 @@ import json
 import math
 import sys
 import termios
-from typing import Any, ClassVar
+from collections.abc import Iterable
+from typing import Any, ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -95,6 +96,35 @@ def _problem(exc: LossdError) -> bytes:
             payload,
         ]
     )
+
+
+class _CountingTransport:
+    """The connection's transport, counting the bytes written to it (the write timeout's measure of progress);
+    everything else is the transport's own."""
+
+    def __init__(self, transport: asyncio.Transport):
+        self._transport = transport
+        self.written = 0
+        # what uvicorn calls on every request, bound once (`__getattr__` finds the rest)
+        self.is_closing = transport.is_closing
+        self.get_extra_info = transport.get_extra_info
+        self.get_write_buffer_size = transport.get_write_buffer_size
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
+        self.close = transport.close
+        self.abort = transport.abort
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += len(data)
+        self._transport.write(data)
+
+    def writelines(self, lines: Iterable[bytes | bytearray | memoryview]) -> None:
+        lines = list(lines)
+        self.written += sum(len(line) for line in lines)
+        self._transport.writelines(lines)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _kernel_unsent(transport: asyncio.Transport) -> int:
@@ -139,14 +169,20 @@ class LossdHttpProtocol(HttpToolsProtocol):
     _body_seen: bool = False
     """Body data arrived in the read being parsed (for chunked bodies)."""
     _timer: asyncio.TimerHandle | None = None
+    _out: _CountingTransport
+    _lost: bool = False
     _unread: int = 0
-    """Bytes of responses waiting in the server for the client to read them, when last seen to shrink."""
+    """Bytes sent on the connection that the client had not taken when last seen (0: it owed nothing)."""
+    _taken: int = 0
+    """Bytes the client had taken (the kernel had them acknowledged) when it last took some."""
     _unread_since: float = 0.0
-    """When `_unread` last shrank (or began)."""
+    """When the client last took some of what it was sent (or began to owe it)."""
 
     # Connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._out = _CountingTransport(transport)
+        transport = cast(asyncio.Transport, self._out)
         if len(self.connections) >= self.max_connections and not self._evict_slowest():
             self.transport = transport
             self._phase = CLOSED
@@ -163,15 +199,31 @@ class LossdHttpProtocol(HttpToolsProtocol):
         self._timer = self.loop.call_at(now + self._period(), self._check_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._stop()
         super().connection_lost(exc)
 
     def _stop(self) -> None:
-        """Read nothing more and time nothing more (closing, or handed to another protocol)."""
+        """Read nothing more, and time nothing more but the client's taking what it was sent (closing, or handed to
+        another protocol): until the connection is gone, `_watch_writes` cuts it when the client stops reading."""
         self._phase = CLOSED
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+        self._timer = None if self._lost else self.loop.call_at(self.loop.time() + self._period(), self._watch_writes)
+
+    def _watch_writes(self) -> None:
+        """The timer once reading has stopped: the write timeout still holds, until all is taken and the
+        connection closes."""
+        self._timer = None
+        if self._lost:
+            return
+        now = self.loop.time()
+        if self._client_not_reading(now):
+            self.logger.debug("Response not read within %s s: connection aborted.", self.write_timeout_s)
+            self.transport.abort()
+            return
+        if self._unread or not self.transport.is_closing():
+            self._timer = self.loop.call_at(now + self._period(), self._watch_writes)
 
     # Reading
 
@@ -349,12 +401,15 @@ class LossdHttpProtocol(HttpToolsProtocol):
         self._timer = self.loop.call_at(min(due, now + self._period()), self._check_deadline)
 
     def _client_not_reading(self, now: float) -> bool:
-        """Update what the client has left unread; True when it has read none of it for `write_timeout_s`."""
+        """Update what the client owes; True when it has taken none of it for `write_timeout_s`. Progress is bytes
+        taken (written less those still in the transport's buffer or unacknowledged in the kernel's), so a client
+        that reads one answer while the next is written is seen reading."""
         unread = self.transport.get_write_buffer_size() + _kernel_unsent(self.transport)
-        if unread == 0 or unread < self._unread or not self._unread:  # drained, shrinking, or new
-            self._unread, self._unread_since = unread, now
+        taken = self._out.written - unread
+        if unread == 0 or not self._unread or taken > self._taken:  # owes nothing, newly owes, or took some
+            self._unread, self._taken, self._unread_since = unread, taken, now
             return False
-        self._unread = max(self._unread, unread)
+        self._unread = unread
         return now - self._unread_since >= self.write_timeout_s - _SLACK_S
 
     def _evict_slowest(self) -> bool:
@@ -390,12 +445,12 @@ class LossdHttpProtocol(HttpToolsProtocol):
     def _waiting_on_client(self, now: float) -> float | None:
         """Since when the connection has waited on its client: to read a response it has read none of since
         then, or idle or sending a request with nothing of the server's own in progress; None when it has not."""
-        if self._phase == CLOSED:
+        if self._lost:
             return None
+        self._client_not_reading(now)
         if self._unread:
-            self._client_not_reading(now)
-            return self._unread_since if self._unread else None
-        if self.transport.is_closing() or self.flow.read_paused:
+            return self._unread_since
+        if self._phase == CLOSED or self.transport.is_closing() or self.flow.read_paused:
             return None
         cycle = self.cycle
         if self._phase == BODY:

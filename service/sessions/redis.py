@@ -248,6 +248,7 @@ class _Coalesced:
         self.sending = False
         self._sender: asyncio.Future[None] | None = None
         self._connection: AbstractConnection | None = None
+        self.closed = False
 
     async def run(self, keys: list[str], args: list[Any]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -258,8 +259,14 @@ class _Coalesced:
         return await future
 
     async def close(self) -> None:
+        """Let the trip out finish (its runs are answered), then close the connection; no trip leaves after."""
+        self.closed = True
+        if self._sender is not None and not self._sender.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._sender), OPERATION_TIMEOUT_S)
         if self._connection is not None:
             connection, self._connection = self._connection, None
+            await connection.disconnect()
             await self.client.connection_pool.release(connection)
 
     async def _send(self) -> None:
@@ -281,12 +288,15 @@ class _Coalesced:
             self.sending = False
 
     async def _trip(self, runs: list[tuple[list[str], list[Any], Any]]) -> list[Any]:
+        if self.closed:
+            raise rx.ConnectionError("the session store is closed")
         if self._connection is None:
             self._connection = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         connection = self._connection
         commands = [("EVALSHA", self.script.sha, len(keys), *keys, *args) for keys, args, _ in runs]
-        results = await connection.retry.call_with_retry(
-            lambda: self._exchange(connection, commands), lambda _: connection.disconnect()
+        results: list[Any] = []  # replies read, kept over a retry: only the commands not answered are sent again
+        await connection.retry.call_with_retry(
+            lambda: self._exchange(connection, commands[len(results) :], results), lambda _: connection.disconnect()
         )
         for i, result in enumerate(results):
             if isinstance(result, rx.NoScriptError):  # Redis restarted or flushed its scripts: run it alone
@@ -298,17 +308,16 @@ class _Coalesced:
         return results
 
     @staticmethod
-    async def _exchange(connection: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send the commands in one write, read one reply each; an error reply is that command's result. Any other
-        failure leaves the connection closed (redis-py closes it), so the next trip starts on a fresh one."""
+    async def _exchange(connection: AbstractConnection, commands: list[tuple[Any, ...]], results: list[Any]) -> None:
+        """Send the commands in one write and add one reply each to `results`; an error reply is that command's
+        result. Any other failure leaves the connection closed (redis-py closes it), so a retry or the next trip
+        starts on a fresh one."""
         await connection.send_packed_command(connection.pack_commands(commands))
-        results: list[Any] = []
         for _ in commands:
             try:
                 results.append(await connection.read_response())
             except rx.ResponseError as exc:  # read whole: the connection is still in step
                 results.append(exc)
-        return results
 
 
 class RedisStore:

@@ -734,6 +734,26 @@ def test_what_an_outside_attack_found(server: Server) -> None:
     _still_works(server)
 
 
+def test_v1_options_are_refused_in_every_kind_of_request(server: Server) -> None:
+    """return_grad, output_encoding and return_stats are the v1 API's: over gRPC a model's inference and a session's
+    batch refuse them alike, saying what the protocol does instead."""
+    x, y = randn(3, seed=1).float(), randn(3, seed=2).float()
+    session = httpx.post(f"{server.url}/v1/sessions", json={"losses": [{"name": "l1"}]}).json()["id"]
+    for extra in ({}, {"request_id": "b1", "sequence_id": session}):
+        code, detail = code_of(
+            lambda extra=extra: server.stub.ModelInfer(
+                request("l1", {"input": x, "target": y}, return_grad=True, **extra)
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            detail
+            == "return_grad is not a parameter of the inference protocol: ask for gradients as outputs (grad_<input>)"
+        )
+    assert httpx.get(f"{server.url}/v1/sessions/{session}").json()["batches"] == 0
+    _still_works(server)
+
+
 def test_an_idle_stream_is_ended() -> None:
     """A stream that sends nothing for LOSSD_GRPC_STREAM_IDLE_S is ended, giving its call back."""
     server = Server(LOSSD_GRPC_STREAM_IDLE_S="1")
