@@ -8,9 +8,8 @@ where the job runs. Errors are domain exceptions. Keeping this free of HTTP lets
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -343,23 +342,33 @@ class DataPlane:
                 )
         defaults = {"return_stats": True}
         jobs = []
-        for i, definition in enumerate(losses):
-            # definitions were validated when the session was made: no second validation per batch
-            params = {k: v for k, v in definition.items() if k not in ("name", "tensors")}
-            entry = schemas.LossEntry.model_construct(name=definition["name"], tensors=definition["tensors"], **params)
-            with _naming_entry(i, entry.name):
+        i = 0
+        try:
+            for i, definition in enumerate(losses):
+                # definitions were validated when the session was made: no second validation per batch
+                params = {k: v for k, v in definition.items() if k not in ("name", "tensors")}
+                entry = schemas.LossEntry.model_construct(
+                    name=definition["name"], tensors=definition["tensors"], **params
+                )
                 jobs.append(self._entry(i, entry, defaults, pool, groups)[2])
+        except LossdError as exc:
+            _naming_entry(exc, i, losses[i]["name"])
+            raise
         digest = pool.digest(groups)
 
         def steps(execute: Execute) -> Batch:
             batch = Batch(batch_id, digest, [], [], [])
-            for i, job in enumerate(jobs):
-                with _naming_entry(i, losses[i]["name"]):
+            try:
+                for job in jobs:
                     result = job.run(execute)
-                assert result.stats is not None
-                batch.losses.append(float(result.loss))
-                batch.stats.append(result.stats)
-                batch.warnings.append(result.warnings)
+                    assert result.stats is not None
+                    batch.losses.append(float(result.loss))
+                    batch.stats.append(result.stats)
+                    batch.warnings.append(result.warnings)
+            except LossdError as exc:  # the entry after those done refused the batch
+                done = len(batch.losses)
+                _naming_entry(exc, done, losses[done]["name"])
+                raise
             return batch
 
         work = max(job.work_bytes for job in jobs)
@@ -507,19 +516,14 @@ class _Pool:
         return self._placed[id(t)]
 
 
-@contextlib.contextmanager
-def _naming_entry(i: int, name: str) -> Iterator[None]:
-    """A session batch's error names the loss entry that refused the batch: in its detail, and as the first
-    of its `errors` (the others still point into the tensors)."""
-    try:
-        yield
-    except LossdError as exc:
-        where: Loc = ("losses", i)
-        if not exc.errors or exc.errors[0].loc[:2] != where:
-            exc.errors.insert(0, ErrorDetail(where, f"the loss {name} refused this batch"))
-        exc.detail = f"losses[{i}] ({name}): {exc.detail}"
-        exc.args = (exc.detail,)
-        raise
+def _naming_entry(exc: LossdError, i: int, name: str) -> None:
+    """Make a session batch's error name the loss entry (`i`, `name`) that refused the batch: in its detail, and as
+    the first of its `errors` (the others still point into the tensors)."""
+    where: Loc = ("losses", i)
+    if not exc.errors or exc.errors[0].loc[:2] != where:
+        exc.errors.insert(0, ErrorDetail(where, f"the loss {name} refused this batch"))
+    exc.detail = f"losses[{i}] ({name}): {exc.detail}"
+    exc.args = (exc.detail,)
 
 
 def _hash_tensor(h: Any, name: str, t: Tensor) -> None:
