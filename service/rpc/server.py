@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service import codec, oip
 from service.api.deps import AppState
-from service.api.edge import REQUEST_ID, RequestIds, record, valid_key
+from service.api.edge import HELD_ANSWER_BYTES, REQUEST_ID, RequestIds, record, valid_key
 from service.api.errors import grpc_code
 from service.compute import LossResult, RawTensor
 from service.dataplane import Batch, DataPlane, Job
@@ -272,6 +272,7 @@ class InferenceService:
             result = await work(info)
             info["status"] = "OK"
             context.set_trailing_metadata(tuple(trailers))
+            self._hold_answer(info["bytes_out"], context)
             return result
         except LossdError as exc:
             info["status"] = code = grpc_code(exc)
@@ -291,6 +292,15 @@ class InferenceService:
         finally:
             self._record(f"/{SERVICE}/{method}", info, time.perf_counter() - start)
         raise AssertionError("unreachable: abort raises")
+
+    def _hold_answer(self, nbytes: int, context: Any) -> None:
+        """A large answer counts in the in-flight bound until its call is over: gRPC's core holds it until the
+        client takes it (HTTP/2 flow control), and has no write timeout, so a client that does not read keeps it
+        until its connection closes; meanwhile requests that would pass the bound are refused."""
+        if nbytes >= HELD_ANSWER_BYTES:
+            share = self.state.inflight.share()
+            share.hold(nbytes)
+            context.add_done_callback(lambda _: share.close())
 
     async def _parse(self, data: bytes, info: dict[str, Any]) -> tuple[Any, list[memoryview]]:
         """A `ModelInferRequest` from its bytes, its raw contents as views of them (`wire.parse`): right here when

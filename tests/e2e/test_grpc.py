@@ -7,6 +7,7 @@ Every number is compared with `torch.nn.functional` computed here (bit for bit o
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import threading
@@ -637,12 +638,22 @@ class RawHttp2:
 
     def stall(self, stream: int, path: str) -> None:
         """Start a call and send 1 byte of a message that declares 100."""
-        headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "lossd")]
-        headers += [("content-type", "application/grpc"), ("te", "trailers")]
-        block = b"".join(self._literal(n, v) for n, v in headers)
+        block = self._headers(path)
         self.sock.sendall(
             self.frame(1, 4, stream, block) + self.frame(0, 0, stream, b"\x00" + (100).to_bytes(4, "big") + b"\x0a")
         )
+
+    def call(self, stream: int, path: str, message: bytes) -> None:
+        """Start a call and send its whole message (in frames of 16 KiB, the size every HTTP/2 peer takes)."""
+        self.sock.sendall(self.frame(1, 4, stream, self._headers(path)))
+        data = b"\x00" + len(message).to_bytes(4, "big") + message
+        for at in range(0, len(data), 16384):
+            self.sock.sendall(self.frame(0, 1 if at + 16384 >= len(data) else 0, stream, data[at : at + 16384]))
+
+    def _headers(self, path: str) -> bytes:
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "lossd")]
+        headers += [("content-type", "application/grpc"), ("te", "trailers")]
+        return b"".join(self._literal(n, v) for n, v in headers)
 
     def _read(self) -> None:
         buffer = b""
@@ -666,7 +677,40 @@ class RawHttp2:
                     self.ended.setdefault(stream, payload)  # trailers come before the RST_STREAM after them
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the reader blocked in recv, so that the close is sent at once
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+
+
+def test_an_answer_its_client_does_not_take_holds_the_inflight_bound() -> None:
+    """A large answer counts in LOSSD_MAX_INFLIGHT_BYTES until its call is over: a client that never lets it be
+    sent (no HTTP/2 window for it) keeps it only in the bound (requests then get RESOURCE_EXHAUSTED saying why,
+    instead of answers piling up in memory), until its connection closes."""
+    server = Server(LOSSD_MAX_INFLIGHT_BYTES=str(8 * 2**20), LOSSD_MAX_BODY_BYTES=str(2**20))
+    raw = RawHttp2(server.port)
+    try:
+        big = request(
+            "mse", {"input": torch.full((2048, 1), 0.5), "target": torch.full((1, 2048), 0.25)}, reduction="none"
+        )
+        raw.call(1, "/inference.GRPCInferenceService/ModelInfer", big.SerializeToString())  # a 16 MB answer
+        x, y = randn(3, seed=1).float(), randn(3, seed=2).float()
+        refused: list[str] = []
+
+        def refused_for_the_answer() -> bool:
+            try:
+                server.stub.ModelInfer(request("l1", {"input": x, "target": y}), timeout=10)
+            except grpc.RpcError as exc:
+                refused.append(f"{exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
+            return bool(refused)
+
+        wait_until(refused_for_the_answer, 30, "a call refused while the answer waits")
+        assert refused[0].startswith("RESOURCE_EXHAUSTED: ")
+        assert "answers not yet read by their clients" in refused[0]
+        raw.close()
+        wait_until(lambda: _admitted(lambda: _still_works(server)), 10, "served once the connection closed")
+    finally:
+        raw.close()
+        server.close()
 
 
 def test_calls_that_never_send_their_request_lock_nobody_out() -> None:
