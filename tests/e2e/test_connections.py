@@ -49,10 +49,10 @@ MSE_BODY = json.dumps(MSE).encode()
 HEAD_START = b"POST /v1/losses/mse HTTP/1.1\r\nHost: lossd\r\n"
 
 
-@pytest.fixture(scope="module")
-def limited() -> Iterator[tuple[str, int]]:
-    """The service with small connection limits: (host, port)."""
-    url, proc = start_server(**LIMITS)
+@contextlib.contextmanager
+def _serving(**env: str) -> Iterator[tuple[str, int]]:
+    """The service with `env`'s settings: (host, port)."""
+    url, proc = start_server(**env)
     try:
         split = urlsplit(url)
         assert split.hostname is not None
@@ -60,6 +60,13 @@ def limited() -> Iterator[tuple[str, int]]:
         yield split.hostname, split.port
     finally:
         stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[tuple[str, int]]:
+    """The service with small connection limits: (host, port)."""
+    with _serving(**LIMITS) as address:
+        yield address
 
 
 def _mse_request(extra_headers: bytes = b"") -> bytes:
@@ -512,18 +519,9 @@ def _drain(sock: socket.socket) -> int:
 @pytest.fixture(scope="module")
 def unread_limits() -> Iterator[tuple[str, int]]:
     """The service with a short write timeout and an in-flight bound smaller than one `BIG_ANSWER`."""
-    url, proc = start_server(
-        LOSSD_WRITE_TIMEOUT_S=str(WRITE_TIMEOUT_S),
-        LOSSD_MAX_INFLIGHT_BYTES=str(4 * 2**20),
-        LOSSD_MAX_BODY_BYTES="65536",
-    )
-    try:
-        split = urlsplit(url)
-        assert split.hostname is not None
-        assert split.port is not None
-        yield split.hostname, split.port
-    finally:
-        stop_server(proc)
+    env = {"LOSSD_WRITE_TIMEOUT_S": str(WRITE_TIMEOUT_S), "LOSSD_MAX_INFLIGHT_BYTES": str(4 * 2**20)}
+    with _serving(**env, LOSSD_MAX_BODY_BYTES="65536") as address:
+        yield address
 
 
 def test_an_unread_answer_holds_the_inflight_bound_until_the_write_timeout(unread_limits: tuple[str, int]) -> None:
@@ -584,19 +582,14 @@ def test_a_client_that_reads_slowly_gets_its_whole_answer(unread_limits: tuple[s
 def test_connections_not_reading_their_answers_give_way_to_new_clients() -> None:
     """Every connection of the limit holds an answer its client does not read: a new client still gets in, as
     the connection that has waited longest on its client (at least a second) is cut for it."""
-    url, proc = start_server(LOSSD_MAX_CONNECTIONS="4")
     socks: list[socket.socket] = []
-    try:
-        split = urlsplit(url)
-        assert split.hostname is not None
-        assert split.port is not None
-        address = (split.hostname, split.port)
-        wait_until(lambda: _open_on_the_server(address[1]) == 0, PROMPT_S, "the start-up check's connection closed")
-        socks = [_unread_answer(address) for _ in range(4)]
-        wait_until(lambda: _serves(address), 3 * PROMPT_S, "a new client served at the connection limit")
-        cut = [sock for sock in socks if _drain(sock) < BIG_ANSWER_BYTES]
-        assert cut, "no connection was cut for the new client"
-    finally:
-        for sock in socks:
-            sock.close()
-        stop_server(proc)
+    with _serving(LOSSD_MAX_CONNECTIONS="4") as address:
+        try:
+            wait_until(lambda: _open_on_the_server(address[1]) == 0, PROMPT_S, "the start-up check's connection closed")
+            socks = [_unread_answer(address) for _ in range(4)]
+            wait_until(lambda: _serves(address), 3 * PROMPT_S, "a new client served at the connection limit")
+            cut = [sock for sock in socks if _drain(sock) < BIG_ANSWER_BYTES]
+            assert cut, "no connection was cut for the new client"
+        finally:
+            for sock in socks:
+                sock.close()
