@@ -413,12 +413,13 @@ class _Pool:
     """Calls served at once, at most `limit`, each counted from its start (its headers), whatever its messages
     do; those waiting on their client for a message, for eviction."""
 
-    def __init__(self, limit: int, name: str, setting: str):
+    def __init__(self, limit: int, name: str, setting: str, on_evict: Callable[[], None]):
         self.limit = limit
         self.name = name
         self.setting = setting
+        self.on_evict = on_evict
         self.active = 0
-        self.waiting: set[_Arrivals] = set()
+        self.waiting: set[_Arrivals | _Sending] = set()
 
     def evict(self) -> bool:
         """End the call that has waited longest (at least `EVICT_AFTER_S`) on its client's next message: a unary
@@ -431,6 +432,7 @@ class _Pool:
         if victim is None:
             return False
         victim.evict(self)
+        self.on_evict()
         return True
 
 
@@ -473,6 +475,24 @@ class _Arrivals:
             self._task.cancel()
 
 
+class _Sending:
+    """A streaming call's answer that its client has not taken yet (gRPC sends it as HTTP/2 flow control allows):
+    the call waits on its client meanwhile. Evicting it gives its place back and cancels the call (an async
+    generator paused at `yield` cannot be made to raise)."""
+
+    def __init__(self, task: asyncio.Task[Any], release: Callable[[], None]):
+        self.task = task
+        self.release = release
+        self.since = 0.0
+        self.evicted = False
+
+    def evict(self, pool: _Pool) -> None:
+        self.evicted = True
+        pool.waiting.discard(self)
+        self.release()
+        self.task.cancel()
+
+
 class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """What every call passes: an API key (`authorization: Bearer <key>` metadata) when keys are set (health and
     reflection need none), and a place among the calls served at once: `LOSSD_GRPC_MAX_CONCURRENT_RPCS`, and
@@ -491,8 +511,9 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.keys = [key.encode() for key in state.api_keys]
         self.state = state
         self.read_timeout_s = state.settings.read_timeout_s
-        self.calls = _Pool(state.settings.grpc_max_concurrent_rpcs, "calls", "LOSSD_GRPC_MAX_CONCURRENT_RPCS")
-        self.health = _Pool(self.HEALTH_CALLS, "health checks", "the health checks' own limit")
+        evicted = state.metrics.rejections.labels(reason=RequestTimeout.slug).inc
+        self.calls = _Pool(state.settings.grpc_max_concurrent_rpcs, "calls", "LOSSD_GRPC_MAX_CONCURRENT_RPCS", evicted)
+        self.health = _Pool(self.HEALTH_CALLS, "health checks", "the health checks' own limit", evicted)
         self.ids = RequestIds()
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
@@ -540,13 +561,29 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def streaming(messages: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
             await self._enter(pool, context)
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    pool.active -= 1
+
+            task = asyncio.current_task()
+            sending = _Sending(task, release) if task is not None else None
             try:
                 async for response in behavior(await read(messages, context), context):
-                    yield response
+                    if sending is not None:  # until gRPC asks for the next: the client has taken this one
+                        sending.since = asyncio.get_running_loop().time()
+                        pool.waiting.add(sending)
+                    try:
+                        yield response
+                    finally:
+                        pool.waiting.discard(sending)
             except _Evicted as exc:
                 await self._evicted(exc, context)
             finally:
-                pool.active -= 1
+                release()
 
         kind = (True, response_streaming)
         return HANDLERS[kind](
@@ -579,8 +616,8 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         except DecodeError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request message does not parse")
 
-    async def _evicted(self, exc: _Evicted, context: Any) -> None:
-        self.state.metrics.rejections.labels(reason=exc.slug).inc()
+    @staticmethod
+    async def _evicted(exc: _Evicted, context: Any) -> None:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, exc.detail)
 
     async def _enter(self, pool: _Pool, context: Any) -> None:

@@ -620,9 +620,12 @@ class RawHttp2:
     """A hand-written HTTP/2 client over one connection: it starts gRPC calls and sends their messages in part,
     as a hostile client may (no gRPC library lets a call stall mid-message)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, window: int | None = None):
+        """`window`: the initial window it gives the server's streams (None: HTTP/2's 65,535 bytes); it never
+        gives more."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + self.frame(4, 0, 0))  # preface, SETTINGS
+        settings = b"" if window is None else (4).to_bytes(2, "big") + window.to_bytes(4, "big")
+        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + self.frame(4, 0, 0, settings))  # preface, SETTINGS
         self.ended: dict[int, bytes] = {}
         """Stream id -> how it ended: its trailers' block (HEADERS with END_STREAM) or RST_STREAM's code."""
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -643,12 +646,14 @@ class RawHttp2:
             self.frame(1, 4, stream, block) + self.frame(0, 0, stream, b"\x00" + (100).to_bytes(4, "big") + b"\x0a")
         )
 
-    def call(self, stream: int, path: str, message: bytes) -> None:
-        """Start a call and send its whole message (in frames of 16 KiB, the size every HTTP/2 peer takes)."""
+    def call(self, stream: int, path: str, message: bytes, end: bool = True) -> None:
+        """Start a call and send its whole message (in frames of 16 KiB, the size every HTTP/2 peer takes), ending
+        the client's side of the stream with it unless `end` is False."""
         self.sock.sendall(self.frame(1, 4, stream, self._headers(path)))
         data = b"\x00" + len(message).to_bytes(4, "big") + message
         for at in range(0, len(data), 16384):
-            self.sock.sendall(self.frame(0, 1 if at + 16384 >= len(data) else 0, stream, data[at : at + 16384]))
+            last = end and at + 16384 >= len(data)
+            self.sock.sendall(self.frame(0, 1 if last else 0, stream, data[at : at + 16384]))
 
     def _headers(self, path: str) -> bytes:
         headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "lossd")]
@@ -708,6 +713,26 @@ def test_an_answer_its_client_does_not_take_holds_the_inflight_bound() -> None:
         assert "answers not yet read by their clients" in refused[0]
         raw.close()
         wait_until(lambda: _admitted(lambda: _still_works(server)), 10, "served once the connection closed")
+    finally:
+        raw.close()
+        server.close()
+
+
+def test_streams_whose_client_takes_no_answer_make_room() -> None:
+    """Streams whose client gives their answers no HTTP/2 window hold their places only until a new call needs one:
+    the stream that has waited longest (over a second) on its client, for its next request or to take its answer,
+    makes room. (Which of the two a stream is doing when the new call comes is gRPC's timing; an outside attack
+    found the second one locking every place, `_Sending` in service/rpc/server.py.)"""
+    server = Server(LOSSD_GRPC_MAX_CONCURRENT_RPCS="4")
+    raw = RawHttp2(server.port, window=0)
+    try:
+        x = randn(3, seed=1).float()
+        message = request("l1", {"input": x, "target": x}).SerializeToString()
+        streams = [1, 3, 5, 7]
+        for stream in streams:
+            raw.call(stream, "/inference.GRPCInferenceService/ModelStreamInfer", message, end=False)
+        wait_until(lambda: _admitted(lambda: _still_works(server)), 10, "a call at the limit, a stream waiting 1 s")
+        _still_works(server)  # and the next: the place of the stream that made room is not taken back
     finally:
         raw.close()
         server.close()
