@@ -200,13 +200,14 @@ def infer(plane: DataPlane, spec: LossSpec, body: bytes, header_length: str | No
         )
     binary_default = _flag(parameters, "binary_data_output", False, ("parameters",))
     outputs = request.outputs or [RequestOutput(name="loss")]
-    for i, output in enumerate(outputs):  # each output's binary_data, checked once: a boolean
+    binary_outputs = [  # each output's binary_data: a boolean
         _flag(output.parameters or {}, "binary_data", binary_default, ("outputs", i, "parameters"))
+        for i, output in enumerate(outputs)
+    ]
     raw = _inputs(spec, request.inputs, binary, plane.limits)
-    binary_outputs = all((output.parameters or {}).get("binary_data", binary_default) is True for output in outputs)
     names = [output.name for output in outputs]
-    job = plan(plane, spec, parameters, raw, names, "binary" if binary_outputs else "json")
-    return job.then(partial(_answer, spec, request, outputs, binary_default))
+    job = plan(plane, spec, parameters, raw, names, "binary" if all(binary_outputs) else "json")
+    return job.then(partial(_answer, spec, request, names, binary_outputs))
 
 
 def check_parameters(parameters: Mapping[str, Any]) -> None:
@@ -252,7 +253,7 @@ def plan(
 
 
 def _answer(
-    spec: LossSpec, request: InferenceRequest, outputs: list[RequestOutput], binary_default: bool, result: LossResult
+    spec: LossSpec, request: InferenceRequest, names: list[str], binary_outputs: list[bool], result: LossResult
 ) -> Answer:
     tensors = output_tensors(result)
     response: dict[str, Any] = {"model_name": spec.name, "model_version": VERSION}
@@ -262,9 +263,8 @@ def _answer(
         response["parameters"] = {"warnings": " ".join(result.warnings)}
     response["outputs"] = []
     blobs: list[memoryview | bytes] = []
-    for output in outputs:
-        binary_output = (output.parameters or {}).get("binary_data", binary_default) is True
-        encoded, blob = codec.encode_v2(output.name, tensors[output.name], binary_output)
+    for name, binary_output in zip(names, binary_outputs, strict=True):
+        encoded, blob = codec.encode_v2(name, tensors[name], binary_output)
         response["outputs"].append(encoded)
         blobs.append(blob)
     head = codec.dumps(response)
