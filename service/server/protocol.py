@@ -219,11 +219,18 @@ class LossdHttpProtocol(HttpToolsProtocol):
             return
         now = self.loop.time()
         if self._client_not_reading(now):
-            self.logger.debug("Response not read within %s s: connection aborted.", self.write_timeout_s)
-            self.transport.abort()
+            self._drop_unread()
             return
         if self._unread or not self.transport.is_closing():
             self._timer = self.loop.call_at(now + self._period(), self._watch_writes)
+
+    def _drop_unread(self) -> None:
+        """Abort the connection, dropping what its client has not read (`close()` would wait for that client,
+        holding the bytes); nothing more is read or timed."""
+        self.logger.debug("Connection aborted: its client is not reading what it was sent.")
+        self._lost = True  # connection_lost follows: no timer for what remains
+        self._stop()
+        self.transport.abort()
 
     # Reading
 
@@ -364,9 +371,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
             return
         now = self.loop.time()
         if self._client_not_reading(now):
-            self.logger.debug("Response not read within %s s: connection aborted.", self.write_timeout_s)
-            self._stop()
-            self.transport.abort()  # close() would wait, holding the bytes, for a client that does not read
+            self._drop_unread()
             return
         if self._unread:  # the client is taking a response: idle (and read) clocks wait until it has
             self._since = now
@@ -429,8 +434,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
             return False
         self.logger.debug("Connection limit reached: closing the connection that waited longest on its client.")
         if victim._unread:  # a response it does not read
-            victim._stop()
-            victim.transport.abort()
+            victim._drop_unread()
         elif victim._phase == IDLE:
             victim._stop()
             victim.transport.close()
