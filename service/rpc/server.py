@@ -411,7 +411,7 @@ class _Evicted(RequestTimeout):
 
 class _Pool:
     """Calls served at once, at most `limit`, each counted from its start (its headers), whatever its messages
-    do; those waiting on their client for a message, for eviction."""
+    do; those waiting on their client (for a message, or to take an answer), for eviction."""
 
     def __init__(self, limit: int, name: str, setting: str, on_evict: Callable[[], None]):
         self.limit = limit
@@ -422,8 +422,9 @@ class _Pool:
         self.waiting: set[_Arrivals | _Sending] = set()
 
     def evict(self) -> bool:
-        """End the call that has waited longest (at least `EVICT_AFTER_S`) on its client's next message: a unary
-        request still arriving, a stream between requests. False when none qualifies."""
+        """End the call that has waited longest (at least `EVICT_AFTER_S`) on its client: a unary request still
+        arriving, a stream between requests or with an answer its client has not taken. False when none
+        qualifies."""
         oldest = asyncio.get_running_loop().time() - EVICT_AFTER_S
         victim = None
         for arrival in self.waiting:
@@ -502,8 +503,9 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     A call takes its place when it starts, before its request arrives: every method reads its request messages
     here, as a stream (a unary request is read with `LOSSD_READ_TIMEOUT_S` to arrive whole, else
     DEADLINE_EXCEEDED). At the limit, the call that has waited longest (over `EVICT_AFTER_S`) on its client (a
-    request still arriving, a stream idle between requests) is ended (DEADLINE_EXCEEDED) for the new one: calls
-    that start and never send cannot lock out other clients, or the probes."""
+    request still arriving, a stream idle between requests: DEADLINE_EXCEEDED; a stream whose answer its client
+    has not taken: cancelled) is ended for the new one: calls that start and never send, or never read, cannot
+    lock out other clients, or the probes. A unary request that does not parse is INVALID_ARGUMENT."""
 
     HEALTH_CALLS = 16
 
@@ -613,8 +615,9 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return data
         try:
             return deserializer(data)
-        except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request message does not parse")
+        except DecodeError:  # INVALID_ARGUMENT, not the UNKNOWN gRPC would answer
+            message = getattr(getattr(deserializer, "__self__", None), "__name__", "request message")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the message is not a {message}")
 
     @staticmethod
     async def _evicted(exc: _Evicted, context: Any) -> None:
@@ -642,7 +645,7 @@ def _refusing(handler: Any, code: grpc.StatusCode, message: str, request_id: str
     kind = (handler.request_streaming, handler.response_streaming)
     return HANDLERS[kind](
         deny_stream if kind[1] else deny,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=None,  # the request is never read: a message that does not parse is refused alike
         response_serializer=handler.response_serializer,
     )
 
@@ -657,31 +660,18 @@ HANDLERS = {
 
 
 def _add_to(server: grpc.aio.Server, servicer: InferenceService) -> None:
-    """Register every method of the service, from the proto's descriptor. Messages arrive as bytes:
-    `ModelInferRequest`s are parsed by the servicer (their size known, a large one in a worker thread), the others
-    here, and a message that does not parse is INVALID_ARGUMENT, not gRPC's UNKNOWN."""
+    """Register every method of the service, from the proto's descriptor. `ModelInferRequest`s arrive as bytes,
+    parsed by the servicer (their size known, a large one in a worker thread); the gate parses the others."""
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
         request, response = getattr(pb, method.input_type.name), getattr(pb, method.output_type.name)
-        behavior = getattr(servicer, method.name)
         handlers[method.name] = HANDLERS[method.client_streaming, method.server_streaming](
-            behavior if request is pb.ModelInferRequest else _parsing(behavior, request),
-            request_deserializer=None,
+            getattr(servicer, method.name),
+            request_deserializer=None if request is pb.ModelInferRequest else request.FromString,
             response_serializer=response.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)
-
-
-def _parsing(behavior: Callable[[Any, Any], Awaitable[Any]], message: Any) -> Callable[[bytes, Any], Awaitable[Any]]:
-    async def parsed(data: bytes, context: Any) -> Any:
-        try:
-            request = message.FromString(data)
-        except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the message is not a {message.__name__}")
-        return await behavior(request, context)
-
-    return parsed
 
 
 def options(state: AppState) -> list[tuple[str, Any]]:

@@ -786,6 +786,7 @@ def test_what_an_outside_attack_found(server: Server) -> None:
         call = server.channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
         code, detail = code_of(lambda call=call: call(b"\xff\xff\xff garbage", timeout=10))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (method, code, detail)
+        assert detail == f"the message is not a {method}Request"
 
     code, detail = code_of(lambda: server.stub.ModelInfer(pb.ModelInferRequest(model_name="x" * 20000)))
     assert code == grpc.StatusCode.NOT_FOUND
