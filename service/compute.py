@@ -6,6 +6,7 @@ a worker thread; nothing here touches the event loop or HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -336,7 +337,8 @@ def sufficient_stats(
     over batches. With `groups` (one integer label per sample, along dim 0 of the per-element loss), the
     same per label. Stats for `reduction="none"` are those of the mean. `per_element`: the `reduction="none"`
     result, when the caller has it."""
-    with torch.no_grad():
+    # a `per_element` given comes from a call without a graph (no tensor requires grad): no grad mode to switch
+    with torch.no_grad() if per_element is None else contextlib.nullcontext():
         if per_element is None:
             per_element = spec(tensors, with_reduction(params, "none"))
         rule_params = with_reduction(params, "mean") if params.reduction == "none" else params

@@ -498,7 +498,8 @@ class _Pool:
                 h.update(f"{key}\0b64\0{value.get('shape')}\0{value['b64']}".encode())
                 continue
             # the numbers, whatever their spelling (1 or 1.0), wire form or declared dtype (int32 or int64 labels)
-            _hash_tensor(h, key, self.raw(key, TensorKind.FLOAT).tensor.to(torch.float64))
+            t = self.raw(key, TensorKind.FLOAT).tensor
+            _hash_tensor(h, key, t if t.dtype == torch.float64 else t.to(torch.float64))
         if groups is not None:
             _hash_tensor(h, "\0groups", groups)
         return h.hexdigest()[:32]
