@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import os
@@ -46,10 +47,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc_load  # bench/grpc_load.py, beside this script
 import httpx
@@ -280,6 +281,9 @@ SESSION_REDIS = "lossd session, Redis"
 SESSION_TARGETS = {SESSION: 0.90, SESSION_REDIS: 0.75}
 """Batches/s into a session at least this share of /v1/evaluate's req/s on the same tensors."""
 SESSION_ROUNDS = 5  # as TARGET_ROUNDS: three left a single slow round (0.65x to 0.88x) deciding the median
+SESSION_SLICES = 5
+"""Slices of each request kind in a round: a server's evaluate and batch runs interleave, so that a slow spell of
+this shared machine (single 10 s rounds ranged from 0.6x to 1.3x) falls on both."""
 
 
 def _create_session(base: str) -> str:
@@ -301,20 +305,23 @@ def session_scenario() -> Scenario:
     return Scenario("3 losses N=1,000 JSON nested c=8", 8, requests, expected)
 
 
-def session_runs(seconds: int, only: Callable[[str], Any]) -> dict[str, list[Result]]:
-    """/v1/evaluate and the two session stores in alternation, `SESSION_ROUNDS` rounds each; Redis on loopback,
-    started here (a fresh database per run) and pinned to core 1 with the load generator: it stands for a Redis on
-    another machine, and core 0 stays the server's alone, as in every other row."""
+def session_runs(seconds: int, only: Callable[[str], Any]) -> dict[str, list[tuple[Result, Result]]]:
+    """Each session store against /v1/evaluate, `SESSION_ROUNDS` rounds, the stores alternating. A round is one
+    server, loaded with /v1/evaluate and with batches into a session in `SESSION_SLICES` alternating slices
+    (`seconds` in all for each). Redis on loopback, started here (a fresh database per round) and pinned to core
+    1 with the load generator: it stands for a Redis on another machine, and core 0 stays the server's alone, as
+    in every other row. Returns, per store, each round's (evaluate, session) results."""
     scenario = session_scenario()
-    names = list(scenario.requests)
-    runs: dict[str, list[Result]] = {}
-    if not any(only(f"{scenario.name} / {name}") for name in names):  # the table needs all of them
+    stores = list(SESSION_TARGETS)
+    runs: dict[str, list[tuple[Result, Result]]] = {}
+    if not any(only(f"{scenario.name} / {name}") for name in scenario.requests):  # the table needs all of them
         return runs
     sys.path.insert(0, str(ROOT))
     from tests.redis_server import RedisServer
 
+    slice_s = max(1, seconds // SESSION_SLICES)
     for round_ in range(SESSION_ROUNDS):
-        for name in names if round_ % 2 == 0 else reversed(names):
+        for name in stores if round_ % 2 == 0 else reversed(stores):
             port = free_port()
             server = servers(port)[LOSSD]
             with tempfile.TemporaryDirectory(prefix="lossd-bench-redis-") as directory:
@@ -324,20 +331,23 @@ def session_runs(seconds: int, only: Callable[[str], Any]) -> dict[str, list[Res
                         redis.start()
                         pin(redis.process, 1)  # with the load generator: core 0 is the server's alone
                         server = replace(server, env=server.env | {"LOSSD_REDIS_URL": redis.url})
-                    result = run_one(scenario, replace(server, name=name), port, seconds)
+                    got = run_interleaved(
+                        scenario, replace(server, name=name), port, [EVALUATE, name], SESSION_SLICES, slice_s
+                    )
                 finally:
                     if redis is not None:
                         redis.stop()
-            runs.setdefault(name, []).append(result)
+            evaluate, session = got[EVALUATE], got[name]
+            runs.setdefault(name, []).append((evaluate, session))
             print(
-                f"session round {round_ + 1}: {name:<28} {result.rps:>10,.1f} req/s  p50 {result.p50_ms:6.2f} ms  "
-                f"p99 {result.p99_ms:6.2f} ms",
+                f"session round {round_ + 1}: {name:<28} {session.rps:>10,.1f} batches/s against "
+                f"{evaluate.rps:,.1f} /v1/evaluate req/s: {session.rps / evaluate.rps:.2f}x",
                 flush=True,
             )
     return runs
 
 
-def session_table(runs: dict[str, list[Result]]) -> list[str]:
+def session_table(runs: dict[str, list[tuple[Result, Result]]]) -> list[str]:
     """Batches/s into a session against /v1/evaluate's req/s on the same tensors, per round and the median."""
     if not runs:
         return []
@@ -348,23 +358,25 @@ def session_table(runs: dict[str, list[Result]]) -> list[str]:
         "",
         f"{scenario.name}: {', '.join(e['name'] for e in SESSION_LOSSES)} over the same 1,000-element tensors, as "
         "`/v1/evaluate` requests and as batches into a session (a new batch id each), lossd with its defaults; "
-        f"Redis on loopback, pinned to the load generator's core. {SESSION_ROUNDS} alternating rounds; each round "
-        "gives a ratio, the table shows the median of those ratios.",
+        f"Redis on loopback, pinned to the load generator's core. {SESSION_ROUNDS} rounds per store, the stores "
+        f"alternating; a round is one server loaded with both in {SESSION_SLICES} alternating slices each, and "
+        "gives a ratio. The table shows the median of those ratios.",
         "",
         "| server | req/s (median) | p99 ms (median) | batches/s over /v1/evaluate's req/s | target | met |",
         "|---|---:|---:|---|---|---|",
     ]
-    base = runs[EVALUATE]
+    base = [evaluate for rounds in runs.values() for evaluate, _ in rounds]
     lines.append(
         f"| {EVALUATE} | {_median([r.rps for r in base]):,.1f} | {_median([r.p99_ms for r in base]):.2f} | | | |"
     )
     for name, target in SESSION_TARGETS.items():
-        ours = runs[name]
-        ratio = _median([x.rps / y.rps for x, y in zip(ours, base, strict=True)])
-        each = ", ".join(f"{x.rps / y.rps:.2f}" for x, y in zip(ours, base, strict=True))
+        ratios = [session.rps / evaluate.rps for evaluate, session in runs[name]]
+        ours = [session for _, session in runs[name]]
+        ratio = _median(ratios)
         lines.append(
             f"| {name} | {_median([r.rps for r in ours]):,.1f} | {_median([r.p99_ms for r in ours]):.2f} | "
-            f"{ratio:.2f}x (rounds {each}) | at least {target}x | {'met' if ratio >= target else 'not met'} |"
+            f"{ratio:.2f}x (rounds {', '.join(f'{x:.2f}' for x in ratios)}) | at least {target}x | "
+            f"{'met' if ratio >= target else 'not met'} |"
         )
     return lines
 
@@ -581,8 +593,33 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def run_one(scenario: Scenario, server: Server, port: int, seconds: int) -> Result:
-    req = scenario.requests[server.name]
+@dataclass
+class Started:
+    """A server started by `started`: its process, base URL and output."""
+
+    proc: subprocess.Popen[bytes]
+    base: str
+    log_path: str
+
+    def output_tail(self) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(self.log_path) - 3000))
+            return f.read().decode(errors="replace")
+
+    def log_size(self) -> int:
+        return os.path.getsize(self.log_path)
+
+    def access_lines(self, since: int) -> int:
+        """Access log lines written after offset `since` of the output."""
+        time.sleep(0.2)  # the access log is written in batches every 50 ms
+        with open(self.log_path, "rb") as reader:
+            reader.seek(since)
+            return sum(1 for line in reader if b'"logger":"lossd.access"' in line)
+
+
+@contextlib.contextmanager
+def started(server: Server, port: int) -> Iterator[Started]:
+    """`server` running on core 0 with its defaults, ready; stopped (its whole process group) on exit."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("LOSSD_")}  # lossd's defaults, really
     env = inherited | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)} | server.env
     # the server's output goes to a file: lossd writes one access log line per request on stderr, and a
@@ -594,82 +631,124 @@ def run_one(scenario: Scenario, server: Server, port: int, seconds: int) -> Resu
     fd, log_path = tempfile.mkstemp(prefix="lossd-bench-", suffix=".log", dir=memory)
     os.close(fd)
     log = open(log_path, "ab")  # noqa: SIM115 (closed in the finally clause)
-    body_file = tempfile.NamedTemporaryFile(suffix=".body")  # noqa: SIM115 (closed in the finally clause)
-    body_file.write(req.body)  # for wrk, or bench/grpc_load.py
-    body_file.flush()
     # in a session of its own, so that stop() ends every process the server started
     proc = subprocess.Popen(pinned(server.argv, 0), cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    load: GrpcLoad | None = None
-
-    def output_tail() -> str:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, os.path.getsize(log_path) - 3000))
-            return f.read().decode(errors="replace")
-
+    running = Started(proc, f"http://127.0.0.1:{port}", log_path)
     try:
         deadline = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{server.name} exited:\n{output_tail()}")
+                raise RuntimeError(f"{server.name} exited:\n{running.output_tail()}")
             try:
-                if httpx.get(base + server.ready_path, timeout=2).status_code == 200:
+                if httpx.get(running.base + server.ready_path, timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{server.name} did not start:\n{output_tail()}")
+                raise RuntimeError(f"{server.name} did not start:\n{running.output_tail()}")
             time.sleep(0.3)
-        if server.grpc_port:  # warmed up by the generator, which then waits
-            load = GrpcLoad(f"127.0.0.1:{server.grpc_port}", scenario, seconds, body_file.name)
-        else:
-            headers = {"content-type": req.content_type} | (dict([req.header.split(": ", 1)]) if req.header else {})
-            path = req.setup(base) if req.setup else req.path
-            for _ in range(3):  # warm-up, and a first check of the answer
-                warm = httpx.post(base + path, content=req.body, headers=headers, timeout=120)
-                if warm.status_code != 200 or not check(warm.content, req.pattern, scenario.expected):
-                    raise RuntimeError(f"{server.name} answered wrongly: {warm.status_code} {warm.content[:300]!r}")
-        idle = tree_rss_mb(proc.pid, "VmRSS")
-        gc_before = gc_pauses(base, server.metrics_path) if server.metrics_path else None
-        log_start = os.path.getsize(log_path)
-        generator_cpu = None
-        if load is not None:
-            count, _, elapsed, p50, p99, generator_cpu = load.finish()
-        elif shutil.which("wrk"):
-            count, _, elapsed, p50, p99 = drive_wrk(base + path, req, scenario, seconds, body_file.name)
-        else:
-            count, _, elapsed, p50, p99 = asyncio.run(_drive_httpx(base + path, req, scenario, seconds))
-        peak = tree_rss_mb(proc.pid, "VmHWM")
-        gc = None
-        log_lines = None
-        if server.metrics_path:
-            gc_after = gc_pauses(base, server.metrics_path)
-            gc = gc_during(gc_before, gc_after) if gc_before is not None and gc_after is not None else {}
-            time.sleep(0.2)  # the access log is written in batches every 50 ms
-            with open(log_path, "rb") as reader:
-                reader.seek(log_start)
-                log_lines = sum(1 for line in reader if b'"logger":"lossd.access"' in line)
-        return Result(
-            scenario.name,
-            server.name,
-            count / elapsed,
-            p50,
-            p99,
-            idle,
-            peak,
-            count,
-            elapsed,
-            gc,
-            log_lines,
-            generator_cpu,
-        )
+        yield running
     finally:
-        if load is not None:
-            load.close()
-        body_file.close()
         stop(proc)
         log.close()
         os.unlink(log_path)
+
+
+def warm_up(base: str, req: Request, scenario: Scenario, server_name: str) -> str:
+    """Prepare the server for `req` (its `setup`), send it three times checking the answer; returns the path to load."""
+    headers = {"content-type": req.content_type} | (dict([req.header.split(": ", 1)]) if req.header else {})
+    path = req.setup(base) if req.setup else req.path
+    for _ in range(3):  # warm-up, and a first check of the answer
+        warm = httpx.post(base + path, content=req.body, headers=headers, timeout=120)
+        if warm.status_code != 200 or not check(warm.content, req.pattern, scenario.expected):
+            raise RuntimeError(f"{server_name} answered wrongly: {warm.status_code} {warm.content[:300]!r}")
+    return path
+
+
+def drive_http(
+    url: str, req: Request, scenario: Scenario, seconds: int, body_file: str
+) -> tuple[int, float, float, float]:
+    """`seconds` of load over HTTP: wrk where installed, else httpx. Returns requests, elapsed s, p50 and p99 ms."""
+    if shutil.which("wrk"):
+        count, _, elapsed, p50, p99 = drive_wrk(url, req, scenario, seconds, body_file)
+    else:
+        count, _, elapsed, p50, p99 = asyncio.run(_drive_httpx(url, req, scenario, seconds))
+    return count, elapsed, p50, p99
+
+
+def body_file(req: Request) -> IO[bytes]:
+    """`req`'s body in a temporary file, for wrk or bench/grpc_load.py."""
+    f = tempfile.NamedTemporaryFile(suffix=".body")  # noqa: SIM115 (the caller closes it)
+    f.write(req.body)
+    f.flush()
+    return f
+
+
+def run_one(scenario: Scenario, server: Server, port: int, seconds: int) -> Result:
+    req = scenario.requests[server.name]
+    load: GrpcLoad | None = None
+    with started(server, port) as running, body_file(req) as body:
+        try:
+            if server.grpc_port:  # warmed up by the generator, which then waits
+                load = GrpcLoad(f"127.0.0.1:{server.grpc_port}", scenario, seconds, body.name)
+            else:
+                path = warm_up(running.base, req, scenario, server.name)
+            idle = tree_rss_mb(running.proc.pid, "VmRSS")
+            gc_before = gc_pauses(running.base, server.metrics_path) if server.metrics_path else None
+            log_start = running.log_size()
+            generator_cpu = None
+            if load is not None:
+                count, _, elapsed, p50, p99, generator_cpu = load.finish()
+            else:
+                count, elapsed, p50, p99 = drive_http(running.base + path, req, scenario, seconds, body.name)
+            peak = tree_rss_mb(running.proc.pid, "VmHWM")
+            gc = None
+            log_lines = None
+            if server.metrics_path:
+                gc_after = gc_pauses(running.base, server.metrics_path)
+                gc = gc_during(gc_before, gc_after) if gc_before is not None and gc_after is not None else {}
+                log_lines = running.access_lines(log_start)
+            return Result(
+                scenario.name,
+                server.name,
+                count / elapsed,
+                p50,
+                p99,
+                idle,
+                peak,
+                count,
+                elapsed,
+                gc,
+                log_lines,
+                generator_cpu,
+            )
+        finally:
+            if load is not None:
+                load.close()
+
+
+def run_interleaved(
+    scenario: Scenario, server: Server, port: int, names: list[str], slices: int, seconds: int
+) -> dict[str, Result]:
+    """The requests `names` of `scenario` on one server, in `slices` alternating slices of `seconds` each (the
+    order reversed every other slice): a slow spell of the machine falls on all of them alike. One result each,
+    over all its slices (p50 and p99: the median of the slices')."""
+    with started(server, port) as running, contextlib.ExitStack() as files:
+        bodies = {name: files.enter_context(body_file(scenario.requests[name])) for name in names}
+        paths = {name: warm_up(running.base, scenario.requests[name], scenario, name) for name in names}
+        idle = tree_rss_mb(running.proc.pid, "VmRSS")
+        done: dict[str, list[tuple[int, float, float, float]]] = {name: [] for name in names}
+        for i in range(slices):
+            for name in names if i % 2 == 0 else reversed(names):
+                url = running.base + paths[name]
+                done[name].append(drive_http(url, scenario.requests[name], scenario, seconds, bodies[name].name))
+        peak = tree_rss_mb(running.proc.pid, "VmHWM")
+    out = {}
+    for name, parts in done.items():
+        count, elapsed = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        p50, p99 = _median([p[2] for p in parts]), _median([p[3] for p in parts])
+        out[name] = Result(scenario.name, name, count / elapsed, p50, p99, idle, peak, count, elapsed)
+    return out
 
 
 def time_split() -> str:
@@ -952,7 +1031,7 @@ def report(
     split: str | None,
     quick: bool,
     seconds: int,
-    sessions: dict[str, list[Result]],
+    sessions: dict[str, list[tuple[Result, Result]]],
     rounds: int = TARGET_ROUNDS,
     only: str | None = None,
 ) -> str:
