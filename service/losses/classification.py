@@ -15,6 +15,7 @@ from service.errors import InvalidRequest, ShapeMismatch
 from service.losses import checks
 from service.losses.registry import (
     CLASS_WEIGHTED,
+    MEAN_OF_ELEMENTS_SUMMED_APART,
     REGISTRY,
     Cost,
     LossParams,
@@ -465,6 +466,7 @@ def multilabel_margin_cost(spec: LossSpec, shapes: Shapes, p: LossParams, grads:
     torch_ref="torch.nn.functional.multilabel_margin_loss",
     aliases=("MultiLabelMarginLoss",),
     cost=multilabel_margin_cost,
+    stats=MEAN_OF_ELEMENTS_SUMMED_APART,
 )
 def multilabel_margin(input: Tensor, target: Tensor, p: LossParams) -> Tensor:
     """Multi-class multi-label hinge loss between scores and the set of target classes."""
@@ -532,6 +534,7 @@ def check_multi_margin(t: Mapping[str, Tensor], p: MultiMarginParams) -> Sequenc
     check=check_multi_margin,
     torch_ref="torch.nn.functional.multi_margin_loss",
     aliases=("MultiMarginLoss",),
+    stats=MEAN_OF_ELEMENTS_SUMMED_APART,
 )
 def multi_margin(input: Tensor, target: Tensor, weight: Tensor | None, p: MultiMarginParams) -> Tensor:
     """Multi-class hinge loss: sum over wrong classes of max(0, margin - x[target] + x[i])^p / C."""

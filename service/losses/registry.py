@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal, get_args
 
@@ -272,6 +272,11 @@ MEAN_OF_ELEMENTS = StatsRule(
     reduces_elements=lambda tensors, params: True,
 )
 """The rule of a loss whose mean is the plain mean of its `reduction="none"` result."""
+
+MEAN_OF_ELEMENTS_SUMMED_APART = replace(MEAN_OF_ELEMENTS, reduces_elements=lambda tensors, params: False)
+"""`MEAN_OF_ELEMENTS` for a loss whose torch kernel sums its terms in a loop of its own (multi_margin,
+multilabel_margin): another order than a vectorized sum of its `reduction="none"` result, so the loss itself
+comes from torch's own call (a rounding apart from about 40 terms)."""
 
 
 def _class_weighted(tensors: Mapping[str, Tensor], params: Any, per_element: Tensor) -> Terms:

@@ -236,15 +236,38 @@ def test_zero_class_weight_of_every_target_with_smoothing_is_nan_like_torch() ->
     assert math.isnan(stats.total.loss("mean", spec.stats))
 
 
+def _repeated(spec: LossSpec, tensors: dict[str, Tensor], times: int) -> dict[str, Tensor]:
+    """The case's samples `times` over: every tensor that runs along the first argument's dim 0 repeated along
+    its own dim 0 (per-class tensors, whose shape rule has a C and no N, stay as they are), the first argument's
+    copy j scaled by 1 - j / 128 (the same signs and ranges, other values: other roundings)."""
+    lead = spec.tensors[0].name
+    first = tensors[lead]
+    if first.ndim < 2 or times == 1:  # one sample: nothing to repeat
+        return tensors
+    per_class = {arg.name for arg in spec.tensors if "(C" in arg.shape and "N" not in arg.shape}
+    out = {}
+    for k, v in tensors.items():
+        if v.ndim and v.shape[0] == first.shape[0] and k not in per_class:
+            copies = [v * (1 - j / 128) if k == lead and v.is_floating_point() else v for j in range(times)]
+            v = torch.cat(copies)
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("times", [1, 40, 300])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize(("name", "case", "reduction"), _cases())
-def test_the_loss_with_stats_is_torchs_bit_for_bit(name: str, case: Case | None, reduction: str, dtype: Any) -> None:
+def test_the_loss_with_stats_is_torchs_bit_for_bit(
+    name: str, case: Case | None, reduction: str, dtype: Any, times: int
+) -> None:
     """With stats, a loss whose rule says torch reduces its per-element result itself is answered from one
-    call (`StatsRule.reduces_elements`): the value must be exactly the one torch's own call gives."""
+    call (`StatsRule.reduces_elements`): the value must be exactly the one torch's own call gives. The cases'
+    samples also 40 and 300 times over: a kernel that sums in a loop of its own (multi_margin's,
+    multilabel_margin's) parts from a vectorized sum only past dozens or hundreds of terms."""
     assert case is not None
     _skip_missing(name)
     spec = REGISTRY.get(name)
-    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in case.tensors.items()}
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _repeated(spec, case.tensors, times).items()}
     params = spec.params.model_validate({**case.params, "reduction": reduction})
     try:
         plain = compute.compute(spec, tensors, params)
