@@ -30,7 +30,7 @@ from service.losses.registry import (
     TensorKind,
     legacy_reduction,
 )
-from service.sessions.state import Merged, merge, totals_json
+from service.sessions.state import DIGEST_LENGTH, Merged, SessionLimits, merge, totals_json
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -247,9 +247,9 @@ class DataPlane:
                 )
         return spec
 
-    def new_session(self, body: bytes, max_ttl_s: int) -> Job[NewSession]:
+    def new_session(self, body: bytes, max_ttl_s: int, limits: SessionLimits) -> Job[NewSession]:
         """Read a `POST /v1/sessions` body: its losses, validated and normalized, or the states it merges
-        (whose losses must be definitions this server writes)."""
+        (whose losses must be definitions this server writes), within the session `limits`."""
         request = self.validate(schemas.SessionCreate, _json_object(body))
         assert isinstance(request, schemas.SessionCreate)
         if (request.losses is None) == (request.from_states is None):
@@ -263,11 +263,16 @@ class DataPlane:
             )
         merged = None
         if request.from_states is not None:
-            merged = merge(request.from_states)
-            losses = self.session_losses(merged.losses)
+            merged = merge(request.from_states, limits)
+            try:
+                losses = self.session_losses(merged.losses)
+            except LossdError as exc:  # the definitions every state holds: state 0's
+                exc.errors = [ErrorDetail(("from_states", 0, *d.loc), d.msg) for d in exc.errors]
+                raise
             if losses != merged.losses:
                 raise InvalidRequest(
-                    "the states' losses are not definitions this server writes (edited, or from another version)",
+                    "the states' losses are not in the form this server writes them (every parameter, defaults "
+                    "filled in): written by hand, or by another version",
                     loc=("from_states", 0, "losses"),
                 )
         else:
@@ -502,7 +507,7 @@ class _Pool:
             _hash_tensor(h, key, t if t.dtype == torch.float64 else t.to(torch.float64))
         if groups is not None:
             _hash_tensor(h, "\0groups", groups)
-        return h.hexdigest()[:32]
+        return h.hexdigest()[:DIGEST_LENGTH]
 
     def cast(self, t: Tensor, dtype: torch.dtype) -> Tensor:
         if (id(t), dtype) not in self._cast:

@@ -24,6 +24,7 @@ from service.losses.registry import (
     TensorKind,
     legacy_reduction,
 )
+from service.sessions.state import MAX_BATCH_ID
 
 GRAD_NOTE = (
     "Gradients of reduction 'none' are taken with an upstream gradient of ones "
@@ -201,7 +202,9 @@ class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     batch_id: str = Field(
-        min_length=1, max_length=128, description="The batch's id: a batch id applied before is not applied again."
+        min_length=1,
+        max_length=MAX_BATCH_ID,
+        description="The batch's id: a batch id applied before is not applied again.",
     )
     tensors: dict[str, TensorField] = Field(description="Tensors by name; each loss takes its arguments from here.")
     groups: TensorField | None = Field(

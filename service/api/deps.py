@@ -28,7 +28,8 @@ from service.config import Settings
 from service.dataplane import DataPlane, Job
 from service.errors import ComputeTimeout, DeviceFailure, Overloaded, UnsupportedMediaType
 from service.isolation import Cancel, WorkerPool
-from service.sessions.store import MemoryStore, SessionLimits, Store
+from service.sessions.state import SessionLimits
+from service.sessions.store import MemoryStore, Store
 
 T = TypeVar("T")
 log = logging.getLogger("lossd")

@@ -48,7 +48,7 @@ async def create_session(request: Request) -> Response:
     state: AppState = request.app.state.lossd
     require_json(request.headers.get("content-type"))
     body = await request.body()
-    read = partial(state.plane.new_session, max_ttl_s=state.settings.session_max_ttl_s)
+    read = partial(state.plane.new_session, max_ttl_s=state.settings.session_max_ttl_s, limits=state.sessions.limits)
     new = await state.compute(body, request.headers.get("content-encoding"), read, request.scope["lossd"]["hold"])
     record = await state.sessions.create(new.losses, new.ttl_s, new.merged)
     created = {"id": record.id, "losses": record.losses, "expires_at": _timestamp(record.expires_at)}

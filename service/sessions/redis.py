@@ -36,8 +36,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from service.errors import Conflict, StoreUnavailable, TooManySessions
-from service.sessions.state import LossTotals, Merged, Record, Totals, labels
-from service.sessions.store import SessionLimits, count_full, missing, new_id
+from service.sessions.state import LossTotals, Merged, Record, SessionLimits, Totals, labels
+from service.sessions.store import count_full, missing, new_id
 
 CONNECT_TIMEOUT_S = 1.0
 OPERATION_TIMEOUT_S = 5.0

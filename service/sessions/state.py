@@ -8,11 +8,12 @@ content, make a retried batch count once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from service.codec import NON_FINITE, number
-from service.errors import Conflict, InvalidRequest
+from service.errors import Conflict, InvalidRequest, SessionFull
 from service.losses import REGISTRY
 from service.losses.registry import LossTotals, StatsRule, Totals
 
@@ -22,6 +23,37 @@ STATE_FORMAT = "lossd.session"
 MAX_COUNT = 2**53
 """A total's count stays below this: the most terms Redis' Lua (doubles) counts exactly, in either store."""
 STATE_VERSION = 1
+MAX_BATCH_ID = 128
+"""The most characters in a batch id (`schemas.BatchRequest.batch_id`)."""
+DIGEST_LENGTH = 32
+DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_LENGTH}}}")
+"""A batch's digest: 32 hexadecimal digits (`dataplane._Pool.digest`)."""
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    max_sessions: int
+    max_batches: int
+    max_groups: int
+    """Group totals: distinct labels x losses."""
+
+    def full_batches(self, batches: int) -> SessionFull:
+        """The error of a session that would hold `batches` batches, over the limit."""
+        return SessionFull(
+            f"the session would hold {batches} batches, over its limit of {self.max_batches}",
+            limit=self.max_batches,
+            actual=batches,
+        )
+
+    def full_groups(self, totals: int) -> SessionFull:
+        """The error of a session that would hold `totals` group totals, over the limit."""
+        return SessionFull(
+            f"the session would hold {totals} group totals (group labels x losses), over its limit of "
+            f"{self.max_groups}",
+            loc=("groups",),
+            limit=self.max_groups,
+            actual=totals,
+        )
 
 
 def totals_json(t: Totals) -> dict[str, Any]:
@@ -118,12 +150,14 @@ class Merged:
     batches: dict[str, str]
 
 
-def merge(states: list[Any]) -> Merged:
+def merge(states: list[Any], limits: SessionLimits) -> Merged:
     """The sum of exported states. They must hold the same loss definitions (else 409), and no batch id may
-    appear in two of them: its batch would count twice (409)."""
+    appear in two of them: its batch would count twice (409). The session's limits on batches and group totals
+    hold as the states are read, not after."""
     if not states:
         raise InvalidRequest("from_states needs at least one state", loc=("from_states",))
     merged: Merged | None = None
+    held: set[str] = set()  # group labels
     for i, state in enumerate(states):
         where: tuple[str | int, ...] = ("from_states", i)
         losses, totals, batches = _read_state(state, where)
@@ -134,13 +168,18 @@ def merge(states: list[Any]) -> Merged:
                 f"state {i} holds other loss definitions than state 0; only states of identical losses merge",
                 loc=(*where, "losses"),
             )
-        twice = sorted(set(batches) & set(merged.batches))
-        if twice:
+        twice = next((batch for batch in batches if batch in merged.batches), None)
+        if twice is not None:
             raise Conflict(
-                f"batch id {twice[0]!r} is in state {i} and an earlier state; merging would count it twice",
-                loc=(*where, "batches", twice[0]),
+                f"batch id {twice!r} is in state {i} and an earlier state; merging would count it twice",
+                loc=(*where, "batches", twice),
             )
         merged.batches.update(batches)
+        if len(merged.batches) > limits.max_batches:
+            raise limits.full_batches(len(merged.batches))
+        held |= labels(totals)
+        if len(held) * len(losses) > limits.max_groups:
+            raise limits.full_groups(len(held) * len(losses))
         for into, add in zip(merged.totals, totals, strict=True):
             into.add(add)
             if max((t.count for t in (into.total, *into.groups.values())), default=0) >= MAX_COUNT:
@@ -168,8 +207,18 @@ def _read_state(
         raise InvalidRequest("losses must be a non-empty list of loss definitions", loc=(*where, "losses"))
     if not isinstance(totals, list) or len(totals) != len(losses):
         raise InvalidRequest("totals must hold one entry per loss", loc=(*where, "totals"))
-    if not isinstance(batches, dict) or not all(isinstance(v, str) for v in batches.values()):
+    if not isinstance(batches, dict):
         raise InvalidRequest("batches must map batch ids to digests", loc=(*where, "batches"))
+    for batch_id, digest in batches.items():
+        if not 1 <= len(batch_id) <= MAX_BATCH_ID:
+            raise InvalidRequest(
+                f"a batch id has 1 to {MAX_BATCH_ID} characters, got {len(batch_id)}", loc=(*where, "batches")
+            )
+        if not (isinstance(digest, str) and DIGEST.fullmatch(digest)):
+            raise InvalidRequest(
+                f"a batch's digest is {DIGEST_LENGTH} hexadecimal digits, as GET /v1/sessions/{{id}}/state gives it",
+                loc=(*where, "batches", batch_id),
+            )
     read: list[LossTotals] = []
     for j, entry in enumerate(totals):
         at = (*where, "totals", j)

@@ -20,34 +20,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from service.errors import Conflict, NotConfigured, SessionFull, SessionNotFound, TooManySessions
 from service.losses.registry import LossTotals
-from service.sessions.state import MAX_COUNT, Merged, Record, labels
+from service.sessions.state import MAX_COUNT, Merged, Record, SessionLimits, labels
 
 if TYPE_CHECKING:
     from service.dataplane import Batch
-
-
-@dataclass(frozen=True)
-class SessionLimits:
-    max_sessions: int
-    max_batches: int
-    max_groups: int
-    """Group totals: distinct labels x losses."""
-
-    def full_batches(self, batches: int) -> SessionFull:
-        """The error of a session that would hold `batches` batches, one over the limit."""
-        return SessionFull(
-            f"the session holds {batches - 1} batches, its limit", limit=self.max_batches, actual=batches
-        )
-
-    def full_groups(self, totals: int) -> SessionFull:
-        """The error of a session that would hold `totals` group totals, over the limit."""
-        return SessionFull(
-            f"the session would hold {totals} group totals (group labels x losses), over its limit of "
-            f"{self.max_groups}",
-            loc=("groups",),
-            limit=self.max_groups,
-            actual=totals,
-        )
 
 
 def count_full(field: str) -> SessionFull:
@@ -80,6 +56,8 @@ async def feed(
 
 class Store(Protocol):
     """The contract of a session store (see the module docstring)."""
+
+    limits: SessionLimits
 
     async def create(self, losses: list[dict[str, Any]], ttl_s: int, merged: Merged | None = None) -> Record:
         """A new session of `losses` (normalized definitions), empty or holding `merged`'s contents."""

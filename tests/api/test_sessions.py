@@ -295,6 +295,59 @@ def test_state_counts_a_session_cannot_hold_are_refused(client: TestClient) -> N
     assert view(client, single.json()["id"])["results"][0]["stats"]["count"] == 2**52
 
 
+def test_merged_states_are_held_to_the_session_limits(make_client: Client) -> None:
+    """The limits on batches and group totals hold while the states are read: one state past them is refused,
+    naming the limit and what the merge would hold."""
+    client = make_client(session_max_batches=5, session_max_groups=9)
+    state = client.get(f"/v1/sessions/{filled(client, ('b1', 'b2', 'b3'))}/state").json()
+    shards = []
+    for i in range(3):  # two batch ids each, 6 in all: one past the limit
+        shard = copy.deepcopy(state)
+        shard["batches"] = {f"s{i}-{j}": digest for j, digest in enumerate(list(state["batches"].values())[:2])}
+        shards.append(shard)
+    body = problem(client.post("/v1/sessions", json={"from_states": shards}), 413, "session-full")
+    assert body["detail"] == "the session would hold 6 batches, over its limit of 5"
+    assert (body["limit"], body["actual"]) == (5, 6)
+    fits = client.post("/v1/sessions", json={"from_states": shards[:2]})
+    assert fits.status_code == 201, fits.text
+    assert view(client, fits.json()["id"])["batches"] == 4
+
+    grouped = copy.deepcopy(state)  # labels 0, 1, 7 x 3 losses: 9, the limit; a fourth label is one too many
+    grouped["totals"][0]["groups"]["8"] = grouped["totals"][0]["groups"]["7"]
+    body = problem(client.post("/v1/sessions", json={"from_states": [grouped]}), 413, "session-full")
+    assert (body["limit"], body["actual"]) == (9, 12)
+    assert body["errors"][0]["loc"] == ["body", "groups"]
+
+
+def test_states_are_read_as_this_server_writes_them(client: TestClient) -> None:
+    """Batch ids and digests as GET .../state gives them; the losses' errors named inside the state."""
+    state = client.get(f"/v1/sessions/{filled(client, ('b1',))}/state").json()
+    digest = state["batches"]["b1"]
+    cases: list[tuple[dict[str, Any], list[Any], str]] = [
+        ({"x" * 129: digest}, ["batches"], "a batch id has 1 to 128 characters, got 129"),
+        ({"": digest}, ["batches"], "a batch id has 1 to 128 characters, got 0"),
+        ({"b1": digest.upper()}, ["batches", "b1"], "32 hexadecimal digits"),
+        ({"b1": digest + "0"}, ["batches", "b1"], "32 hexadecimal digits"),
+        ({"b1": 7}, ["batches", "b1"], "32 hexadecimal digits"),
+    ]
+    for batches, loc, detail in cases:
+        body = problem(
+            client.post("/v1/sessions", json={"from_states": [{**state, "batches": batches}]}), 422, "invalid-request"
+        )
+        assert body["errors"][0]["loc"] == ["body", "from_states", 0, *loc]
+        assert detail in body["detail"]
+
+    unknown = copy.deepcopy(state)
+    unknown["losses"][1]["name"] = "no_such_loss"
+    body = problem(client.post("/v1/sessions", json={"from_states": [unknown]}), 422, "invalid-request")
+    assert body["errors"][0]["loc"] == ["body", "from_states", 0, "losses", 1, "name"]
+    partial = copy.deepcopy(state)
+    del partial["losses"][1]["reduction"]  # valid, but not as this server writes it: the default left out
+    body = problem(client.post("/v1/sessions", json={"from_states": [partial]}), 422, "invalid-request")
+    assert body["errors"][0]["loc"] == ["body", "from_states", 0, "losses"]
+    assert "not in the form this server writes them" in body["detail"]
+
+
 def test_a_batch_sent_again_is_a_duplicate_whatever_its_json_formatting(client: TestClient) -> None:
     session = filled(client)
     before = view(client, session)

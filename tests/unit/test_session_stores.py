@@ -28,8 +28,8 @@ from service.errors import (
     TooManySessions,
 )
 from service.sessions.redis import RedisStore
-from service.sessions.state import LossTotals, Merged, Totals
-from service.sessions.store import MemoryStore, SessionLimits, Store
+from service.sessions.state import LossTotals, Merged, SessionLimits, Totals
+from service.sessions.store import MemoryStore, Store
 from tests.redis_server import RedisServer
 from tests.wait import wait_until_async
 
@@ -212,7 +212,9 @@ async def test_batch_limit(backend: Backend) -> None:
         assert await store.apply(session, "b2", "d2", B2)
         with pytest.raises(SessionFull) as caught:
             await store.apply(session, "b3", "d3", B1)
-        same_error(caught.value, SessionFull, "the session holds 2 batches, its limit", limit=2, actual=3)
+        same_error(
+            caught.value, SessionFull, "the session would hold 3 batches, over its limit of 2", limit=2, actual=3
+        )
         assert await store.apply(session, "b2", "d2", B2) is False  # a duplicate is still answered
         record, batches = await store.export(session)
         assert record.batches == 2
@@ -304,7 +306,9 @@ async def test_merged_create(backend: Backend) -> None:
     async with backend.store(SessionLimits(max_sessions=10, max_batches=2, max_groups=16)) as store:
         with pytest.raises(SessionFull) as caught:
             await store.create(LOSSES, ttl_s=60, merged=many)
-        same_error(caught.value, SessionFull, "the session holds 2 batches, its limit", limit=2, actual=3)
+        same_error(
+            caught.value, SessionFull, "the session would hold 3 batches, over its limit of 2", limit=2, actual=3
+        )
     async with backend.store(SessionLimits(max_sessions=10, max_batches=100, max_groups=4)) as store:
         with pytest.raises(SessionFull) as caught:
             await store.create(LOSSES, ttl_s=60, merged=Merged(LOSSES, expected(B1, B2), {}))
