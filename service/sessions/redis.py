@@ -158,8 +158,8 @@ _CREATE = (
     _LUA_COMMON
     + """
 local main, batches, groups, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('%.0f', now_ms()))
-local held = redis.call('ZCARD', index)
+local now = string.format('%.0f', now_ms())
+local held = redis.call('ZCOUNT', index, '(' .. now, '+inf')  -- sessions not expired
 if held >= tonumber(ARGV[2]) then return {'sessions', tostring(held)} end
 if redis.call('EXISTS', main) == 1 then return {'exists', ''} end
 local nbatches = tonumber(ARGV[9])
@@ -167,7 +167,9 @@ if nbatches > tonumber(ARGV[3]) then return {'batches', tostring(nbatches)} end
 local at = 10 + 2 * nbatches
 local nlabels = tonumber(ARGV[at])
 if nlabels * tonumber(ARGV[8]) > tonumber(ARGV[4]) then return {'groups', tostring(nlabels * tonumber(ARGV[8]))} end
+-- the first write: one Redis refuses at its maxmemory, which it checks at a script's first write only
 redis.call('HSET', main, 'losses', ARGV[7], 'ttl_s', ARGV[5], 'ttl_ms', ARGV[6], 'nlosses', ARGV[8])
+redis.call('ZREMRANGEBYSCORE', index, '-inf', now)  -- the expired sessions' entries
 for i = at + nlabels + 1, #ARGV, 4 do
   local field = ARGV[i]
   redis.call('HSET', main, field .. ':s', ARGV[i + 1], field .. ':w', ARGV[i + 2], field .. ':n', ARGV[i + 3])

@@ -592,6 +592,28 @@ async def test_a_busy_redis_is_unavailable_on_every_route(redis_server: RedisSer
         assert (await store.get(session)).batches == 1
 
 
+async def test_a_full_redis_refuses_new_sessions_and_batches(redis_server: RedisServer) -> None:
+    """At its maxmemory (noeviction), Redis refuses a script's first write: a new session and a batch are 503s
+    that change nothing (the create script's first write is one Redis checks), then it serves again."""
+    async with Backend("redis", redis_server).store() as store:
+        session = (await store.create(LOSSES, ttl_s=60)).id
+        admin = Redis.from_url(redis_server.url)
+        try:
+            keys = sorted(await admin.keys("*"))
+            await admin.config_set("maxmemory", 1)
+            with pytest.raises(StoreUnavailable, match="cannot serve now"):
+                await store.create(LOSSES, ttl_s=60)
+            with pytest.raises(StoreUnavailable, match="cannot serve now"):
+                await store.apply(session, "b1", "d1", B1)
+            assert sorted(await admin.keys("*")) == keys
+        finally:
+            await admin.config_set("maxmemory", 0)
+            await admin.aclose()
+        assert (await store.get(session)).batches == 0
+        assert await store.apply(session, "b1", "d1", B1) is True
+        assert (await store.create(LOSSES, ttl_s=60)).id != session
+
+
 async def test_script_flushed(redis_server: RedisServer) -> None:
     async with Backend("redis", redis_server).store() as store:
         session = (await store.create(LOSSES, ttl_s=60)).id
