@@ -206,6 +206,10 @@ CASES: dict[str, list[Case]] = {
             {"input": randn(4, 3, seed=1), "target": randn(4, 3, seed=2), "var": torch.tensor(0.7).double()},
         ),
         Case(
+            "scalar-var-1d",
+            {"input": randn(7, seed=1) * 10, "target": randn(7, seed=2), "var": torch.tensor(0.37).double()},
+        ),
+        Case(
             "full+tiny-var",
             {
                 "input": randn(5, seed=1),
@@ -433,7 +437,8 @@ def reference(name: str, t: dict[str, Tensor], p: dict[str, Any]) -> Tensor:
         return sigmoid_focal_reference(
             t["inputs"], t["targets"], p.get("alpha", 0.25), p.get("gamma", 2.0), p.get("reduction", "none")
         )
-    if name == "gaussian_nll" and t["var"].ndim == 0:  # torch's float var: var * ones_like(input)
+    if name == "gaussian_nll" and t["var"].ndim == 0 and t["input"].ndim > 1:  # torch's float var, var * ones
+        # (torch takes a 0-d var tensor itself, one dimension short, only for an input of at most one dimension)
         t = t | {"var": t["var"] * torch.ones_like(t["input"])}
     if name == "triplet_margin_with_distance" and p.get("distance_function") == "cosine":
         p["distance_function"] = lambda x, y: 1.0 - F.cosine_similarity(x, y)
