@@ -470,7 +470,20 @@ def multilabel_margin_cost(spec: LossSpec, shapes: Shapes, p: LossParams, grads:
 )
 def multilabel_margin(input: Tensor, target: Tensor, p: LossParams) -> Tensor:
     """Multi-class multi-label hinge loss between scores and the set of target classes."""
+    if _empty_batch(input, p):
+        return _reduce(F.multilabel_margin_loss(input, target, reduction="none"), p)
     return F.multilabel_margin_loss(input, target, reduction=p.reduction)
+
+
+def _empty_batch(input: Tensor, p: LossParams) -> bool:
+    """An (N, C) input of no samples to be reduced: torch's multi_margin and multilabel_margin kernels then leave
+    their result uninitialized (whatever the memory held: a heap address, say)."""
+    return input.ndim == 2 and input.shape[0] == 0 and p.reduction != "none"
+
+
+def _reduce(per_element: Tensor, p: LossParams) -> Tensor:
+    """torch's reduction of an empty per-element result, as of every other loss: 0 for the sum, NaN for the mean."""
+    return per_element.sum() if p.reduction == "sum" else per_element.mean()
 
 
 def check_multilabel_soft_margin(t: Mapping[str, Tensor], p: LossParams) -> Sequence[str]:
@@ -538,4 +551,6 @@ def check_multi_margin(t: Mapping[str, Tensor], p: MultiMarginParams) -> Sequenc
 )
 def multi_margin(input: Tensor, target: Tensor, weight: Tensor | None, p: MultiMarginParams) -> Tensor:
     """Multi-class hinge loss: sum over wrong classes of max(0, margin - x[target] + x[i])^p / C."""
+    if _empty_batch(input, p):
+        return _reduce(F.multi_margin_loss(input, target, p=p.p, margin=p.margin, weight=weight, reduction="none"), p)
     return F.multi_margin_loss(input, target, p=p.p, margin=p.margin, weight=weight, reduction=p.reduction)

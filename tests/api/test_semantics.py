@@ -181,3 +181,24 @@ def test_non_finite_values_travel_as_strings(client: TestClient) -> None:
     )
     assert got.json()["loss"] == ["NaN", "Infinity", 1.0]
     assert client.post("/v1/losses/l1", json={"input": ["NaN"], "target": [0.0]}).json()["loss"] == "NaN"
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("loss", ["multi_margin", "multilabel_margin"])
+def test_margin_losses_of_no_samples_reduce_like_every_other_loss(
+    client: TestClient, loss: str, reduction: str
+) -> None:
+    """torch's multi_margin and multilabel_margin kernels leave the reduced loss of an empty (0, C) batch
+    uninitialized (whatever the memory held). lossd answers torch's reduction of the per-element result instead
+    (empty): 0 for the sum, NaN for the mean, as mse and the others give; the gradient is torch's (empty)."""
+    x = torch.empty(0, 3, dtype=torch.float64)
+    target = torch.empty(0, dtype=torch.int64) if loss == "multi_margin" else torch.empty(0, 3, dtype=torch.int64)
+    fn = F.multi_margin_loss if loss == "multi_margin" else F.multilabel_margin_loss
+    per_element = fn(x, target, reduction="none")
+    expected = per_element.sum() if reduction == "sum" else per_element.mean()
+    assert expected.item() == 0.0 if reduction == "sum" else expected.isnan()
+    body = {"input": wire.flat(x), "target": wire.flat(target), "reduction": reduction, "return_grad": True}
+    answer = client.post(f"/v1/losses/{loss}", json=body)
+    assert answer.status_code == 200, answer.text
+    wire.assert_same(answer.json()["loss"], expected)
+    assert answer.json()["grad"] == {"input": []}  # (0, 3) as nested arrays
