@@ -238,6 +238,11 @@ def plan(
     """The protocol's core, over HTTP and gRPC: the inputs a model needs, the outputs it has (a `grad_*` output
     asks for that gradient), the loss parameters among the request's `parameters`; then the data plane's job."""
     for arg in spec.tensors:
+        if arg.name in parameters:  # else the tensor field would take it, and nothing would read it
+            raise InvalidRequest(
+                f"{arg.name} is an input of model {spec.name}: send it among the inputs, not the parameters",
+                loc=("parameters", arg.name),
+            )
         if arg.required and arg.name not in raw:
             raise InvalidRequest(f"model {spec.name} needs input {arg.name!r}", loc=("inputs",))
     wanted = _wanted_outputs(spec, outputs)

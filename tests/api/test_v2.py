@@ -199,6 +199,15 @@ ERRORS: list[tuple[str, dict[str, Any], int, str]] = [
         "label_smothing: unknown field",
     ),
     (
+        "an input as a parameter",
+        {
+            "parameters": {"weight": 2.0},
+            "inputs": [_json_input("input", X, "FP32"), _json_input("target", T, "INT64")],
+        },
+        400,
+        "weight is an input of model cross_entropy: send it among the inputs, not the parameters",
+    ),
+    (
         "parameter range",
         {
             "parameters": {"label_smoothing": 2},

@@ -208,6 +208,10 @@ def test_parameters_of_every_type(server: Server) -> None:
     code, detail = code_of(lambda: server.stub.ModelInfer(message))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "full" in detail
+    message = request("mse", {"input": a, "target": b}, weight=2.0)  # an input as a parameter: refused, not ignored
+    code, detail = code_of(lambda: server.stub.ModelInfer(message))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail == "weight is an input of model mse: send it among the inputs, not the parameters"
 
 
 def test_metadata_and_readiness_match_http(server: Server) -> None:
