@@ -32,7 +32,7 @@ from service.api.edge import HELD_ANSWER_BYTES, REQUEST_ID, RequestIds, record, 
 from service.api.errors import grpc_code
 from service.compute import LossResult, RawTensor
 from service.dataplane import Batch, DataPlane, Job
-from service.errors import InvalidRequest, LossdError, RequestTimeout, Unauthorized
+from service.errors import InvalidRequest, LossdError, RequestTimeout, Unauthorized, UnknownLoss
 from service.losses.registry import LossSpec
 from service.rpc import grpc_service_pb2 as pb
 from service.rpc import wire
@@ -235,12 +235,16 @@ class InferenceService:
 
         async def compute(losses: list[dict[str, Any]]) -> Batch:
             names = [definition["name"] for definition in losses]
-            if request.model_name not in names:
+            try:  # a loss's name or alias
+                named = plane.registry.get(request.model_name).name
+            except UnknownLoss:
+                named = None
+            if named not in names:
                 raise InvalidRequest(
-                    f"session {session_id} computes {', '.join(names)}: model_name must be one of them",
+                    f"session {session_id} computes {', '.join(names)}: model_name must name one of them",
                     loc=("model_name",),
                 )
-            info["loss"] = request.model_name
+            info["loss"] = named
 
             def read() -> Job[Batch]:
                 return plane.decoded_batch(losses, request.id, _inputs(plane, request, blobs, oip.check_distinct))

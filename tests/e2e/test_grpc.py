@@ -356,10 +356,11 @@ def test_stream_feeds_a_session(server: Server) -> None:
         logits, labels = parts[i]
         return {"input": logits, "target": labels, "scores": logits.sin(), "groups": labels % 2}
 
-    def batch(i: int, batch_id: str) -> Any:
-        return request("cross_entropy", tensors(i), request_id=batch_id, sequence_id=session)
+    def batch(i: int, batch_id: str, model: str = "cross_entropy") -> Any:
+        return request(model, tensors(i), request_id=batch_id, sequence_id=session)
 
-    messages = [batch(0, "b0"), batch(1, "b1"), batch(0, "b0"), batch(1, "b0"), batch(2, "b2")]
+    # the model named by its alias as well
+    messages = [batch(0, "b0"), batch(1, "b1"), batch(0, "b0"), batch(1, "b0"), batch(2, "b2", "CrossEntropyLoss")]
     answers = list(server.stub.ModelStreamInfer(iter(messages), timeout=30))
     assert [a.infer_response.id for a in answers] == ["b0", "b1", "b0", "b0", "b2"]
     assert [a.error_message for a in answers[:3]] == ["", "", ""]
@@ -396,9 +397,13 @@ def test_stream_feeds_a_session(server: Server) -> None:
 
     unknown = request("mse", {"input": parts[0][0]}, request_id="x", sequence_id="no-such-session")
     anonymous = batch(2, "")
-    answers = list(server.stub.ModelStreamInfer(iter([unknown, anonymous]), timeout=30))
+    other = batch(2, "b3", "l1")
+    answers = list(server.stub.ModelStreamInfer(iter([unknown, anonymous, other]), timeout=30))
     assert "no session 'no-such-session'" in answers[0].error_message
     assert "batch id" in answers[1].error_message
+    assert "computes mse, cross_entropy: model_name must name one of them" in answers[2].error_message
+    code, detail = code_of(lambda: server.stub.ModelInfer(pb.ModelInferRequest()))
+    assert (code, detail) == (grpc.StatusCode.INVALID_ARGUMENT, "model_name is empty: name a loss (its name or alias)")
 
 
 def test_health_and_reflection(server: Server) -> None:
