@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 Loc = tuple[str | int, ...]
 
@@ -82,6 +82,23 @@ class LossdError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled whole (a worker process raises, the server answers): every attribute travels."""
         return _rebuild, (type(self), self.detail, dict(self.__dict__))
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def without_frames(exc: E) -> E:
+    """`exc`, and the exceptions it was raised from, without their tracebacks: the frames they keep hold a
+    request's data (its body, its tensors), and a reference cycle through them (gRPC's call state holds its abort,
+    which holds the error it was raised in) would keep that memory until the garbage collector's next full pass.
+    For errors a client caused, whose tracebacks nothing reads."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return exc
 
 
 def _rebuild(cls: type[LossdError], detail: str, attributes: dict[str, Any]) -> LossdError:

@@ -32,7 +32,7 @@ from service.api.edge import HELD_ANSWER_BYTES, REQUEST_ID, RequestIds, record, 
 from service.api.errors import grpc_code
 from service.compute import LossResult, RawTensor
 from service.dataplane import Batch, DataPlane, Job
-from service.errors import InvalidRequest, LossdError, RequestTimeout, Unauthorized, UnknownLoss
+from service.errors import InvalidRequest, LossdError, RequestTimeout, Unauthorized, UnknownLoss, without_frames
 from service.losses.registry import LossSpec
 from service.rpc import grpc_service_pb2 as pb
 from service.rpc import wire
@@ -283,7 +283,7 @@ class InferenceService:
             retry_after = getattr(exc, "retry_after", None)
             if retry_after is not None:
                 trailers.append(("retry-after", str(retry_after)))
-            await context.abort(grpc.StatusCode[code], _message(exc), tuple(trailers))
+            await context.abort(grpc.StatusCode[code], _message(without_frames(exc)), tuple(trailers))
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -562,6 +562,10 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return await behavior(await read(messages, context), context)
             except _Evicted as exc:
                 await self._evicted(exc, context)
+            except grpc.aio.AbortError as exc:
+                # gRPC's call state keeps the abort, in a reference cycle: not with the frames under here (the request)
+                without_frames(exc)
+                raise
             finally:
                 pool.active -= 1
 
