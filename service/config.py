@@ -32,11 +32,18 @@ class Settings(BaseSettings):
 
     grpc_max_concurrent_rpcs: int = Field(32, ge=1)
     """gRPC calls (a stream counts as one) served at once per worker, each counted from its start; more are refused
-    with RESOURCE_EXHAUSTED, unless a call at the limit has waited over a second on its client (its request still
-    arriving, a stream between requests): that one is ended (DEADLINE_EXCEEDED) for the new one. A unary call's
-    request must arrive within `LOSSD_READ_TIMEOUT_S`. Health checks have 16 places of their own. gRPC receives
-    each message whole before lossd sees it, so this (plus the 16) times `LOSSD_GRPC_MAX_MESSAGE_BYTES` bounds the
-    memory gRPC requests can hold."""
+    with RESOURCE_EXHAUSTED, unless a call at the limit waits on its client (its request still arriving, a stream
+    between requests or with an answer not taken): the one that has waited longest is ended for the new one. A
+    unary call's request must arrive within `LOSSD_READ_TIMEOUT_S`. Health checks have 16 places of their own,
+    reflection 4. gRPC receives each message whole before lossd sees it, so this (plus the 20) times
+    `LOSSD_GRPC_MAX_MESSAGE_BYTES` bounds the memory gRPC requests can hold."""
+
+    grpc_max_connection_age_s: float = Field(600.0, gt=0)
+    """A gRPC connection is asked to close (GOAWAY) after about this long (gRPC adds 10% jitter), and closed
+    `LOSSD_WRITE_TIMEOUT_S` later whatever it still does. Clients reconnect on their own, to any replica (so that
+    long-lived channels spread over new replicas too), and answers a client never takes, which gRPC's core holds
+    outside lossd's bounds, are freed by then. Pings to a client go out every `LOSSD_WRITE_TIMEOUT_S` when idle: one
+    that does not answer within 20 s is disconnected."""
 
     grpc_stream_idle_s: float = Field(60.0, gt=0)
     """A `ModelStreamInfer` stream that sends no request for this long is ended (DEADLINE_EXCEEDED), so that idle

@@ -298,9 +298,9 @@ class InferenceService:
         raise AssertionError("unreachable: abort raises")
 
     def _hold_answer(self, nbytes: int, context: Any) -> None:
-        """A large answer counts in the in-flight bound until its call is over: gRPC's core holds it until the
-        client takes it (HTTP/2 flow control), and has no write timeout, so a client that does not read keeps it
-        until its connection closes; meanwhile requests that would pass the bound are refused."""
+        """A large answer counts in the in-flight bound until its call is over, which is when gRPC's core has taken
+        it into its buffers (not when the client has: a client that gives it no HTTP/2 window leaves it there, outside
+        the bound, until its connection closes or reaches `LOSSD_GRPC_MAX_CONNECTION_AGE_S`)."""
         if nbytes >= HELD_ANSWER_BYTES:
             share = self.state.inflight.share()
             share.hold(nbytes)
@@ -405,10 +405,6 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             self.watching -= 1
 
 
-EVICT_AFTER_S = 1.0
-"""At its limit, a call that has waited this long on its client may be ended for a new one (as HTTP connections)."""
-
-
 class _Evicted(RequestTimeout):
     """The call waited longest on its client when a new call needed its place."""
 
@@ -426,19 +422,19 @@ class _Pool:
         self.waiting: set[_Arrivals | _Sending] = set()
 
     def evict(self) -> bool:
-        """End the call that has waited longest (at least `EVICT_AFTER_S`) on its client: a unary request still
-        arriving, a stream between requests or with an answer its client has not taken. False when none
-        qualifies."""
-        oldest = asyncio.get_running_loop().time() - EVICT_AFTER_S
-        victim = None
-        for arrival in self.waiting:
-            if arrival.since <= oldest and not arrival.evicted:
-                victim, oldest = arrival, arrival.since
+        """End the call that has waited longest on its client, however briefly: a unary request still arriving, a
+        stream between requests or with an answer its client has not taken. False when none waits. (A call must
+        not wait some time first: calls opened anew each second, a grace of one, kept every place.)"""
+        victim = min((arrival for arrival in self.waiting if not arrival.evicted), key=_since, default=None)
         if victim is None:
             return False
         victim.evict(self)
         self.on_evict()
         return True
+
+
+def _since(waiting: _Arrivals | _Sending) -> float:
+    return waiting.since
 
 
 class _Arrivals:
@@ -501,17 +497,19 @@ class _Sending:
 class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """What every call passes: an API key (`authorization: Bearer <key>` metadata) when keys are set (health and
     reflection need none), and a place among the calls served at once: `LOSSD_GRPC_MAX_CONCURRENT_RPCS`, and
-    `HEALTH_CALLS` more for health checks alone, so that probes answer when the others are all taken
-    (RESOURCE_EXHAUSTED beyond).
+    `HEALTH_CALLS` more for health checks alone, so that probes answer when the others are all taken, and
+    `REFLECTION_CALLS` for reflection (RESOURCE_EXHAUSTED beyond).
 
     A call takes its place when it starts, before its request arrives: every method reads its request messages
     here, as a stream (a unary request is read with `LOSSD_READ_TIMEOUT_S` to arrive whole, else
-    DEADLINE_EXCEEDED). At the limit, the call that has waited longest (over `EVICT_AFTER_S`) on its client (a
-    request still arriving, a stream idle between requests: DEADLINE_EXCEEDED; a stream whose answer its client
-    has not taken: cancelled) is ended for the new one: calls that start and never send, or never read, cannot
-    lock out other clients, or the probes. A unary request that does not parse is INVALID_ARGUMENT."""
+    DEADLINE_EXCEEDED). At the limit, the call that has waited longest on its client (a request still arriving, a
+    stream idle between requests: DEADLINE_EXCEEDED; a stream whose answer its client has not taken: cancelled) is
+    ended for the new one: calls that start and never send, or never read, cannot lock out other clients, or the
+    probes. A unary request that does not parse is INVALID_ARGUMENT."""
 
     HEALTH_CALLS = 16
+    REFLECTION_CALLS = 4
+    """Reflection needs no API key: its calls have places of their own, so that they cannot take the others'."""
 
     def __init__(self, state: AppState):
         self.keys = [key.encode() for key in state.api_keys]
@@ -520,6 +518,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         evicted = state.metrics.rejections.labels(reason=RequestTimeout.slug).inc
         self.calls = _Pool(state.settings.grpc_max_concurrent_rpcs, "calls", "LOSSD_GRPC_MAX_CONCURRENT_RPCS", evicted)
         self.health = _Pool(self.HEALTH_CALLS, "health checks", "the health checks' own limit", evicted)
+        self.reflection = _Pool(self.REFLECTION_CALLS, "reflection calls", "reflection's own limit", evicted)
         self.ids = RequestIds()
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
@@ -528,13 +527,11 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         if details.method.startswith(f"/{HEALTH}/"):
             return self._counted(handler, self.health)
-        if (
-            self.keys
-            and not details.method.startswith(REFLECTION)
-            and not any(
-                key == "authorization" and valid_key(self.keys, str(value).encode("latin-1", "replace"))
-                for key, value in details.invocation_metadata or ()
-            )
+        if details.method.startswith(REFLECTION):
+            return self._counted(handler, self.reflection)
+        if self.keys and not any(
+            key == "authorization" and valid_key(self.keys, str(value).encode("latin-1", "replace"))
+            for key, value in details.invocation_metadata or ()
         ):
             self.state.metrics.rejections.labels(reason=Unauthorized.slug).inc()
             message = "a valid API key is required: send `authorization: Bearer <key>` metadata"
@@ -690,6 +687,11 @@ def options(state: AppState) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", settings.grpc_message_limit),
         ("grpc.max_send_message_length", -1),  # the response is bounded by LOSSD_MAX_RESPONSE_BYTES before compute
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+        # a connection's life is bounded: answers its client never takes stay in gRPC's core until it closes
+        ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.write_timeout_s * 1000)),
+        ("grpc.keepalive_time_ms", int(settings.write_timeout_s * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
         # a large message in large frames rather than 16 KiB ones (the flow-control window stays gRPC's: a larger
         # read-ahead per stream, which sped 8 MB messages up, would let each stream hold that much before lossd
         # admits the call)
