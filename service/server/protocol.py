@@ -75,8 +75,6 @@ IDLE, HEAD, BODY, CLOSED = 0, 1, 2, 3
 latest one has arrived); a request head arriving; a request body arriving; closed or handed over, so that
 nothing it receives is read any more."""
 
-EVICT_AFTER_S = 1.0
-"""At the connection limit, a connection that has waited this long on its client may be closed for a new one."""
 _SLACK_S = 0.001
 """A deadline within this of the loop's clock (which has millisecond resolution under uvloop) has passed."""
 
@@ -160,6 +158,8 @@ class LossdHttpProtocol(HttpToolsProtocol):
     _phase: int = IDLE
     _since: float = 0.0
     """When the phase began: the first byte of the request arriving, or when the connection fell idle."""
+    _received: float = 0.0
+    """When the client last sent bytes."""
     _head_left: int = 0
     """Bytes the request head arriving (or the next one) may still take; in a body, what its trailers may."""
     _heads: int = 0
@@ -235,6 +235,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
     # Reading
 
     def data_received(self, data: bytes | memoryview) -> None:
+        self._received = self.loop.time()
         phase = self._phase
         if phase == BODY:
             if self._chunk_open:
@@ -418,17 +419,18 @@ class LossdHttpProtocol(HttpToolsProtocol):
         return now - self._unread_since >= self.write_timeout_s - _SLACK_S
 
     def _evict_slowest(self) -> bool:
-        """At the connection limit, make room by closing the connection that has waited longest (at least
-        `EVICT_AFTER_S`) on its client: idle, or still sending its request. Connections being answered are
-        never closed. So clients that hold connections open without sending cannot lock others out: they
-        lose their oldest connection to each new one. False when no connection qualifies."""
+        """At the connection limit, make room by closing the connection that has waited longest on its client,
+        however briefly: idle, still sending its request (counted from the last bytes it sent), or not reading
+        its answer. Connections being answered are never closed. So clients that hold connections open without
+        sending cannot lock others out, however often they open them anew: they lose their oldest connection to
+        each new one. False when no connection qualifies."""
         now = self.loop.time()
-        victim, oldest = None, now - min(EVICT_AFTER_S, self.read_timeout_s, self.keep_alive_s, self.write_timeout_s)
+        victim, oldest = None, math.inf
         for other in self.connections:
             if not isinstance(other, LossdHttpProtocol):
                 continue
             since = other._waiting_on_client(now)
-            if since is not None and since <= oldest:
+            if since is not None and since < oldest:
                 victim, oldest = other, since
         if victim is None:
             return False
@@ -461,7 +463,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
             waiting = cycle is not None and not cycle.response_started and not cycle.waiting_for_100_continue
         else:
             waiting = not self.pipeline and (cycle is None or cycle.response_complete)
-        return self._since if waiting else None
+        return max(self._since, self._received) if waiting else None
 
     def _period(self) -> float:
         """The longest the timer waits: the shortest deadline of a phase."""
