@@ -91,8 +91,9 @@ class Edge:
                 info["bytes_out"] += len(body)
                 if len(body) >= HELD_ANSWER_BYTES and not message.get("more_body"):
                     # held until it has left the server's buffers: the send of the body's (empty) end waits for the
-                    # bytes before it to drain to the kernel (or for the connection to be cut, LOSSD_WRITE_TIMEOUT_S)
-                    share.hold(len(body))
+                    # bytes before it to drain to the kernel (or for the connection to be cut, LOSSD_WRITE_TIMEOUT_S,
+                    # or sooner when room is wanted and the client has stalled: lossd's server says how)
+                    share.hold(len(body), scope.get("extensions", {}).get(STALLED_ANSWER, {}).get("drop"))
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                     message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
@@ -218,6 +219,10 @@ def _declared(headers: dict[bytes, bytes]) -> int:
     return int(declared) if declared is not None and declared.isdigit() else 0
 
 
+STALLED_ANSWER = "lossd.stalled_answer"
+"""The scope extension by which lossd's HTTP server (`service.server.protocol`) lets the edge cut off a connection
+whose client has stalled on its answer: `{"drop": () -> bool}`, True when it did."""
+
 HELD_ANSWER_BYTES = 1 << 20
 """An answer at least this large counts in the in-flight bound until it has left the server's buffers for the
 kernel's (smaller ones go there at once; the kernel holds a few MB per connection, outside the bound)."""
@@ -231,15 +236,36 @@ class InflightBytes:
     and a large answer, until it has left the server's buffers (clients that do not read what they asked for
     cannot pile answers up in memory: the requests that come meanwhile get a 503 until the answers drain or
     LOSSD_WRITE_TIMEOUT_S cuts them off). A share is given back when its request is answered (and its answer
-    has drained); a thread abandoned at a timeout takes nothing after."""
+    has drained); a thread abandoned at a timeout takes nothing after.
+
+    A request refused for want of room makes room for the next: each held answer whose client has stalled (its
+    `drop` says whether, and cuts it off) is dropped. Else a few answers nobody reads would refuse every request
+    until the write timeout, and again after it for as long as they are asked for anew."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0
         self._lock = threading.Lock()
+        self._answers: dict[InflightShare, Callable[[], bool]] = {}
+        """Shares holding an answer, and how to drop it if its client has stalled (True when it did)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._relieving = False
 
     def share(self) -> InflightShare:
         return InflightShare(self)
+
+    def _press(self) -> None:
+        """A request refused for want of room (under the lock, in any thread): drop stalled answers, on the loop."""
+        if self._answers and self._loop is not None and not self._relieving:
+            self._relieving = True
+            self._loop.call_soon_threadsafe(self._relieve)
+
+    def _relieve(self) -> None:
+        with self._lock:
+            self._relieving = False
+            drops = list(self._answers.values())
+        for drop in drops:
+            drop()
 
     def _refusal(self, nbytes: int, held: int) -> LossdError:
         if nbytes > self.limit:
@@ -282,12 +308,17 @@ class InflightShare:
         if refusal is not None:
             raise refusal
 
-    def hold(self, nbytes: int) -> None:
-        """Take `nbytes` whatever the bound (an answer already made): the requests after it see them held."""
-        with self.bound._lock:
+    def hold(self, nbytes: int, drop: Callable[[], bool] | None = None) -> None:
+        """Take `nbytes` whatever the bound (an answer already made): the requests after it see them held. On the
+        event loop; `drop` cuts the answer off if its client has stalled, should room be wanted."""
+        bound = self.bound
+        with bound._lock:
             if not self.closed:
-                self.bound.held += nbytes
+                bound.held += nbytes
                 self.bytes += nbytes
+                if drop is not None:
+                    bound._answers[self] = drop
+                    bound._loop = asyncio.get_running_loop()
 
     def _take(self, nbytes: int) -> LossdError | None:
         bound = self.bound
@@ -299,6 +330,7 @@ class InflightShare:
                 bound.held += nbytes
                 self.bytes += nbytes
                 return None
+            bound._press()
         return bound._refusal(nbytes, held)
 
     def close(self) -> None:
@@ -306,6 +338,7 @@ class InflightShare:
             self.closed = True
             self.bound.held -= self.bytes
             self.bytes = 0
+            self.bound._answers.pop(self, None)
 
 
 class RequestIds:

@@ -63,6 +63,7 @@ from typing import Any, ClassVar, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from service.api.edge import STALLED_ANSWER
 from service.api.errors import MalformedRequest, problem_body
 from service.config import Settings
 from service.errors import HeadersTooLarge, LossdError, Overloaded, RequestTimeout
@@ -75,6 +76,9 @@ IDLE, HEAD, BODY, CLOSED = 0, 1, 2, 3
 latest one has arrived); a request head arriving; a request body arriving; closed or handed over, so that
 nothing it receives is read any more."""
 
+STALLED_S = 0.25
+"""When room is wanted in the in-flight bound, a client that has taken none of its answer for this long has stalled,
+and its connection is cut off."""
 _SLACK_S = 0.001
 """A deadline within this of the loop's clock (which has millisecond resolution under uvloop) has passed."""
 
@@ -224,6 +228,18 @@ class LossdHttpProtocol(HttpToolsProtocol):
         if self._unread or not self.transport.is_closing():
             self._timer = self.loop.call_at(now + self._period(), self._watch_writes)
 
+    def _drop_stalled(self) -> bool:
+        """Cut the connection off if its client has taken none of what it owes for `STALLED_S`: room is wanted in the
+        in-flight bound (the edge asks, through the scope's `STALLED_ANSWER` extension). True when it did."""
+        if self._lost:
+            return False
+        now = self.loop.time()
+        self._client_not_reading(now)
+        if not self._unread or now - self._unread_since < STALLED_S:
+            return False
+        self._drop_unread()
+        return True
+
     def _drop_unread(self) -> None:
         """Abort the connection, dropping what its client has not read (`close()` would wait for that client,
         holding the bytes); nothing more is read or timed."""
@@ -312,6 +328,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._phase = HEAD
         self._since = self.loop.time()
+        self.scope["extensions"] = {STALLED_ANSWER: {"drop": self._drop_stalled}}
 
     def on_headers_complete(self) -> None:
         self._phase = BODY
