@@ -270,9 +270,9 @@ class InflightBytes:
     def _refusal(self, nbytes: int, held: int) -> LossdError:
         if nbytes > self.limit:
             return PayloadTooLarge(
-                f"reading this request would hold about {nbytes} bytes (its body, inflated, and the arrays its JSON "
+                f"reading this request would hold about {nbytes} bytes (its body, inflated, and what parsing it "
                 f"builds); the limit for all requests together is {self.limit} (LOSSD_MAX_INFLIGHT_BYTES): send "
-                "tensors as flat data or base64",
+                "tensors as flat data or base64 (over gRPC, as raw_input_contents)",
                 limit=self.limit,
                 actual=nbytes,
             )

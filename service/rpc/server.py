@@ -14,9 +14,10 @@ metadata.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
 
@@ -28,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service import codec, oip
 from service.api.deps import AppState
-from service.api.edge import HELD_ANSWER_BYTES, REQUEST_ID, RequestIds, record, valid_key
+from service.api.edge import HELD_ANSWER_BYTES, REQUEST_ID, InflightShare, RequestIds, record, valid_key
 from service.api.errors import grpc_code
 from service.compute import LossResult, RawTensor
 from service.dataplane import Batch, DataPlane, Job
@@ -159,7 +160,8 @@ class InferenceService:
 
     async def ModelInfer(self, data: bytes, context: Any) -> Any:
         async def infer(info: dict[str, Any]) -> Any:
-            return await self._answer(*await self._parse(data, info), context, info)
+            with self._holding(data, info) as share:
+                return await self._answer(*await self._parse(data, share), context, info)
 
         return await self._call(context, "ModelInfer", infer)
 
@@ -184,8 +186,9 @@ class InferenceService:
             start = time.perf_counter()
             request = pb.ModelInferRequest()
             try:
-                request, blobs = await self._parse(data, info)
-                response = await self._answer(request, blobs, context, info)
+                with self._holding(data, info) as share:
+                    request, blobs = await self._parse(data, share)
+                    response = await self._answer(request, blobs, context, info)
                 info["status"] = "OK"
                 answer = pb.ModelStreamInferResponse(infer_response=response)
             except LossdError as exc:
@@ -254,18 +257,23 @@ class InferenceService:
         _, batch, applied = await feed(self.state.sessions, session_id, compute)
         return _batch_response(request, session_id, batch, applied, info)
 
-    async def _schedule(self, read: Callable[[], Job[T]], context: Any, info: dict[str, Any], weight: int = 1) -> T:
-        """Hold the message's bytes against the in-flight bound, then read and compute it as HTTP bodies are,
-        within the client's deadline."""
-        size = info["bytes_in"]
+    @contextlib.contextmanager
+    def _holding(self, data: bytes, info: dict[str, Any]) -> Iterator[InflightShare]:
+        """The message's bytes held against the in-flight bound while it is read and computed (its share, to which
+        reading it adds what parsing builds)."""
+        info["bytes_in"] = len(data)
         share = self.state.inflight.share()
         try:
-            refusal = share.admit(size)
+            refusal = share.admit(len(data))
             if refusal is not None:
                 raise refusal
-            return await self.state.schedule(read, size, weight, context.time_remaining())
+            yield share
         finally:
             share.close()
+
+    async def _schedule(self, read: Callable[[], Job[T]], context: Any, info: dict[str, Any], weight: int = 1) -> T:
+        """Read and compute a message (held: `_holding`) as HTTP bodies are, within the client's deadline."""
+        return await self.state.schedule(read, info["bytes_in"], weight, context.time_remaining())
 
     async def _call(self, context: Any, method: str, work: Callable[[dict[str, Any]], Awaitable[Any]]) -> Any:
         """Run one unary call: its request id, its error as a status code, its metrics and access log line."""
@@ -306,13 +314,12 @@ class InferenceService:
             share.hold(nbytes)
             context.add_done_callback(lambda _: share.close())
 
-    async def _parse(self, data: bytes, info: dict[str, Any]) -> tuple[Any, list[memoryview]]:
-        """A `ModelInferRequest` from its bytes, its raw contents as views of them (`wire.parse`): right here when
-        small, else in a worker thread."""
-        info["bytes_in"] = len(data)
+    async def _parse(self, data: bytes, share: InflightShare) -> tuple[Any, list[memoryview]]:
+        """A `ModelInferRequest` from its bytes, its raw contents as views of them (`wire.parse`), what parsing its
+        typed contents builds taken from `share` first: right here when small, else in a worker thread."""
         if len(data) < self.state.settings.inline_max_bytes:
-            return wire.parse(data)
-        return await anyio.to_thread.run_sync(wire.parse, data, limiter=self.state.threads)
+            return wire.parse(data, share.take)
+        return await anyio.to_thread.run_sync(wire.parse, data, share.take, limiter=self.state.threads)
 
     def _request_id(self, context: Any) -> str:
         for key, value in context.invocation_metadata() or ():

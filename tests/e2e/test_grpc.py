@@ -796,6 +796,26 @@ def test_stalled_calls_opened_anew_lock_nobody_out() -> None:
             server.close()
 
 
+def test_typed_contents_are_held_at_what_parsing_them_builds() -> None:
+    """Packed integers take a byte each on the wire and 24 once parsed: a request's typed contents are held in
+    LOSSD_MAX_INFLIGHT_BYTES at that cost before they are parsed (an outside attack grew the server by 364 MB with
+    one 15 MiB message). Past the bound, RESOURCE_EXHAUSTED says what to send instead."""
+    server = Server(LOSSD_MAX_INFLIGHT_BYTES=str(8 * 2**20), LOSSD_MAX_BODY_BYTES=str(4 * 2**20))
+    try:
+        message = pb.ModelInferRequest(model_name="cross_entropy")
+        scores = message.inputs.add(name="input", datatype="FP32", shape=[400_000, 1])
+        scores.contents.fp32_contents.extend([0.0] * 400_000)
+        labels = message.inputs.add(name="target", datatype="INT64", shape=[400_000])
+        labels.contents.int64_contents.extend([0] * 400_000)  # 0.4 MB on the wire, 9.6 MB parsed
+        code, detail = code_of(lambda: server.stub.ModelInfer(message, timeout=30))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "what parsing it builds" in detail
+        assert "raw_input_contents" in detail
+        _still_works(server)
+    finally:
+        server.close()
+
+
 def test_what_an_outside_attack_found(server: Server) -> None:
     """UINT8 class indices in typed contents; a unary call with a sequence_id feeds its session (tritonclient's
     `infer(sequence_id=...)`); bytes that are no message are INVALID_ARGUMENT on every method; a very long name is

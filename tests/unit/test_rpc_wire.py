@@ -4,11 +4,12 @@ reads, field for field, and its raw contents are the same bytes."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from google.protobuf.message import DecodeError
 
-from service.errors import InvalidRequest, MalformedBody
+from service.errors import InvalidRequest, MalformedBody, PayloadTooLarge
 from service.rpc import grpc_service_pb2 as pb
 from service.rpc import wire
 
@@ -102,3 +103,68 @@ def test_more_top_level_fields_than_any_loss_takes() -> None:
         wire.parse(data)
     at_limit = pb.ModelInferRequest(outputs=[pb.ModelInferRequest.InferRequestedOutputTensor()] * wire.MAX_FIELDS)
     assert_read_as_protobuf(at_limit.SerializeToString())
+
+
+def _contents_request(field: str, values: list[Any]) -> pb.ModelInferRequest:
+    message = pb.ModelInferRequest(model_name="mse")
+    getattr(message.inputs.add(name="input", datatype="FP32", shape=[len(values)]).contents, field).extend(values)
+    message.raw_input_contents.append(b"\0" * 4096)  # raw bytes cost nothing more: they are read in place
+    return message
+
+
+@pytest.mark.parametrize(
+    ("field", "values", "itemsize"),
+    [
+        ("int64_contents", [0] * 5000 + [-1, 2**62], 8),  # 1 byte on the wire for a zero, 10 for -1
+        ("uint64_contents", [1, 300, 2**64 - 1], 8),
+        ("int_contents", [0, -5, 2**31 - 1], 4),
+        ("uint_contents", [0, 127, 128], 4),
+        ("bool_contents", [True, False] * 7, 1),
+        ("fp32_contents", [0.5] * 1000, 4),
+        ("fp64_contents", [0.25] * 100, 8),
+    ],
+)
+def test_parse_cost_counts_what_parsing_typed_contents_builds(field: str, values: list[Any], itemsize: int) -> None:
+    """Each element of typed contents costs its size twice (protobuf's array, numpy's) and 8 bytes (a tensor of
+    the widest dtype), whatever it took on the wire: packed varints are counted, not parsed."""
+    data = _contents_request(field, values).SerializeToString()
+    assert wire.parse_cost(data) == len(values) * (2 * itemsize + 8)
+    held: list[int] = []
+    message, raw = wire.parse(data, held.append)
+    assert held == [wire.parse_cost(data)]
+    assert list(getattr(message.inputs[0].contents, field)) == values
+    assert [bytes(r) for r in raw] == [b"\0" * 4096]
+
+
+def test_a_refused_cost_stops_the_parse() -> None:
+    data = _contents_request("int64_contents", [0] * 100_000).SerializeToString()
+    refused = PayloadTooLarge("no room")
+
+    def hold(nbytes: int) -> None:
+        assert nbytes == 100_000 * 24  # 100 kB on the wire, 2.4 MB once parsed
+        raise refused
+
+    with pytest.raises(PayloadTooLarge) as caught:
+        wire.parse(data, hold)
+    assert caught.value is refused
+
+
+def test_unpacked_contents_beyond_the_field_limit_are_refused() -> None:
+    """protobuf packs a repeated number field; unpacked (accepted by every parser), each number is a field of its
+    own, which the cost walk would visit one by one."""
+    unpacked = b"".join(bytes([0x18, 0x07]) for _ in range(wire.MAX_FIELDS + 1))  # field 3, varint: 7, each
+    assert pb.InferTensorContents.FromString(unpacked).int64_contents == [7] * (wire.MAX_FIELDS + 1)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="INT64", shape=[wire.MAX_FIELDS + 1])
+    body = tensor.SerializeToString() + bytes([0x2A]) + _varint(len(unpacked)) + unpacked  # field 5: contents
+    data = bytes([0x0A, 3]) + b"mse" + bytes([0x2A]) + _varint(len(body)) + body  # model_name, inputs
+    assert len(pb.ModelInferRequest.FromString(data).inputs[0].contents.int64_contents) == wire.MAX_FIELDS + 1
+    with pytest.raises(InvalidRequest, match="protobuf packs a repeated number field"):
+        wire.parse(data, lambda nbytes: None)
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7F | 0x80])
+        n >>= 7
+    return out + bytes([n])
