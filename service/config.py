@@ -32,18 +32,20 @@ class Settings(BaseSettings):
 
     grpc_max_concurrent_rpcs: int = Field(32, ge=1)
     """gRPC calls (a stream counts as one) served at once per worker, each counted from its start; more are refused
-    with RESOURCE_EXHAUSTED, unless a call at the limit waits on its client (its request still arriving, a stream
-    between requests or with an answer not taken): the one that has waited longest is ended for the new one. A
+    with RESOURCE_EXHAUSTED, unless a call at the limit has waited over a tenth of a second on its client (its
+    request still arriving, a stream between requests or with an answer not taken): the one that has waited longest
+    is ended for the new one. A
     unary call's request must arrive within `LOSSD_READ_TIMEOUT_S`. Health checks have 16 places of their own,
     reflection 4. gRPC receives each message whole before lossd sees it, so this (plus the 20) times
     `LOSSD_GRPC_MAX_MESSAGE_BYTES` bounds the memory gRPC requests can hold."""
 
     grpc_max_connection_age_s: float = Field(600.0, gt=0)
-    """A gRPC connection is asked to close (GOAWAY) after about this long (gRPC adds 10% jitter), and closed
-    `LOSSD_WRITE_TIMEOUT_S` later whatever it still does. Clients reconnect on their own, to any replica (so that
+    """A gRPC connection is asked to close (GOAWAY) after about this long (gRPC adds 10% jitter), and closed the
+    longer of `LOSSD_WRITE_TIMEOUT_S` and `LOSSD_REQUEST_TIMEOUT_S` later whatever it still does (a
+    `ModelStreamInfer` stream too: open a new one). Clients reconnect on their own, to any replica (so that
     long-lived channels spread over new replicas too), and answers a client never takes, which gRPC's core holds
-    outside lossd's bounds, are freed by then. Pings to a client go out every `LOSSD_WRITE_TIMEOUT_S` when idle: one
-    that does not answer within 20 s is disconnected."""
+    outside lossd's bounds, are freed by then. While calls are open, the connection is pinged every
+    `LOSSD_WRITE_TIMEOUT_S`: a client that does not answer within 20 s is disconnected."""
 
     grpc_stream_idle_s: float = Field(60.0, gt=0)
     """A `ModelStreamInfer` stream that sends no request for this long is ended (DEADLINE_EXCEEDED), so that idle
@@ -138,8 +140,8 @@ class Settings(BaseSettings):
     the request answered 503. 0: twice `LOSSD_MAX_WORK_BYTES`."""
 
     max_connections: int = Field(1024, ge=1)
-    """Open client connections per worker process. At the limit, the connection waiting longest on its client
-    makes room (408); when every connection is busy, the new one gets a 503 and is closed."""
+    """Open client connections per worker process. At the limit, the connection waiting longest on its client (over
+    a tenth of a second) makes room (408); when none is, the new one gets a 503 and is closed."""
 
     read_timeout_s: float = Field(30.0, gt=0)
     """Longest a client may take to send a request's head and body, from its first byte (408 beyond, or
@@ -153,8 +155,9 @@ class Settings(BaseSettings):
 
     write_timeout_s: float = Field(60.0, gt=0)
     """While a response waits for its client to read it, the client must read some of it every this many seconds,
-    else the connection is closed and the response dropped (nginx's `send_timeout`). A client that is not reading
-    also counts as waiting at the connection limit."""
+    else the connection is closed and the response dropped (nginx's `send_timeout`); when a request is refused for
+    want of room in `LOSSD_MAX_INFLIGHT_BYTES`, every 2 s while room is wanted. A client that is not reading also
+    counts as waiting at the connection limit. Over gRPC, see `LOSSD_GRPC_MAX_CONNECTION_AGE_S`."""
 
     redis_url: str | None = None
     """Where sessions live: `redis://[:password@]host:port/db` (or `rediss://` for TLS) keeps them in Redis, shared

@@ -93,11 +93,13 @@ def without_frames(exc: E) -> E:
     which holds the error it was raised in) would keep that memory until the garbage collector's next full pass.
     For errors a client caused, whose tracebacks nothing reads."""
     seen: set[int] = set()
-    link: BaseException | None = exc
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        link.__traceback__ = None
-        link = link.__cause__ or link.__context__
+    links: list[BaseException | None] = [exc]
+    while links:
+        link = links.pop()
+        if link is not None and id(link) not in seen:
+            seen.add(id(link))
+            link.__traceback__ = None
+            links += [link.__cause__, link.__context__]
     return exc
 
 

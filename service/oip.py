@@ -116,10 +116,11 @@ def output_names(spec: LossSpec) -> list[str]:
     return ["loss", *(f"grad_{name}" for name in spec.differentiable)]
 
 
-def model(registry: Registry, name: str, version: str | None = None) -> LossSpec:
-    """The loss that model `name` (a loss's name or alias) is, at `version` (none or empty: its only one)."""
+def model(registry: Registry, name: str, version: str | None = None, field: str = "model_name") -> LossSpec:
+    """The loss that model `name` (a loss's name or alias; the request's `field`) is, at `version` (none or empty:
+    its only one)."""
     if not name:  # gRPC's default for a field not set
-        raise InvalidRequest("model_name is empty: name a loss (its name or alias)", loc=("model_name",))
+        raise InvalidRequest(f"{field} is empty: name a loss (its name or alias)", loc=(field,))
     spec = registry.get(name)
     if version and version != VERSION:
         raise NotFound(f"model {name!r} has no version {version!r}; its only version is {VERSION}", loc=("version",))

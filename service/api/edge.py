@@ -234,9 +234,9 @@ class InflightBytes:
     before it is read), a chunked body as it comes, and then what reading it builds besides its bytes (an
     inflated gzip body, the Python lists of nested JSON arrays), taken by the worker thread that reads it;
     and a large answer, until it has left the server's buffers (clients that do not read what they asked for
-    cannot pile answers up in memory: the requests that come meanwhile get a 503 until the answers drain or
-    LOSSD_WRITE_TIMEOUT_S cuts them off). A share is given back when its request is answered (and its answer
-    has drained); a thread abandoned at a timeout takes nothing after.
+    cannot pile answers up in memory: the requests that come meanwhile get a 503 until the answers drain, are cut
+    off for room (below), or LOSSD_WRITE_TIMEOUT_S cuts them off). A share is given back when its request is
+    answered (and its answer has drained); a thread abandoned at a timeout takes nothing after.
 
     A request refused for want of room makes room for the next: each held answer whose client has stalled (its
     `drop` says whether, and cuts it off) is dropped. Else a few answers nobody reads would refuse every request
@@ -330,7 +330,8 @@ class InflightShare:
                 bound.held += nbytes
                 self.bytes += nbytes
                 return None
-            bound._press()
+            if nbytes <= bound.limit:  # it would fit, with room made
+                bound._press()
         return bound._refusal(nbytes, held)
 
     def close(self) -> None:

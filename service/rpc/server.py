@@ -139,7 +139,7 @@ class InferenceService:
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         def ready(info: dict[str, Any]) -> Awaitable[Any]:
-            oip.model(self.plane.registry, request.name, request.version)
+            oip.model(self.plane.registry, request.name, request.version, "name")
             return _ready(pb.ModelReadyResponse(ready=True))
 
         return await self._call(context, "ModelReady", ready)
@@ -151,7 +151,7 @@ class InferenceService:
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         def metadata(info: dict[str, Any]) -> Awaitable[Any]:
-            document = oip.model_metadata(oip.model(self.plane.registry, request.name, request.version))
+            document = oip.model_metadata(oip.model(self.plane.registry, request.name, request.version, "name"))
             for side in ("inputs", "outputs"):  # `optional` is the HTTP document's alone
                 document[side] = [{k: v for k, v in t.items() if k != "optional"} for t in document[side]]
             return _ready(pb.ModelMetadataResponse(**document))
@@ -412,6 +412,11 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             self.watching -= 1
 
 
+EVICT_AFTER_S = 0.1
+"""At its limit, a call that has waited this long on its client may be ended for a new one (as HTTP connections):
+long enough for a new call's request to arrive, short enough that calls opened anew cannot keep every place."""
+
+
 class _Evicted(RequestTimeout):
     """The call waited longest on its client when a new call needed its place."""
 
@@ -429,10 +434,15 @@ class _Pool:
         self.waiting: set[_Arrivals | _Sending] = set()
 
     def evict(self) -> bool:
-        """End the call that has waited longest on its client, however briefly: a unary request still arriving, a
-        stream between requests or with an answer its client has not taken. False when none waits. (A call must
-        not wait some time first: calls opened anew each second, a grace of one, kept every place.)"""
-        victim = min((arrival for arrival in self.waiting if not arrival.evicted), key=_since, default=None)
+        """End the call that has waited longest (over `EVICT_AFTER_S`) on its client: a unary request still
+        arriving, a stream between requests or with an answer its client has not taken. False when none
+        qualifies. (Stalled calls opened anew each second kept every place when the grace was a second.)"""
+        oldest = asyncio.get_running_loop().time() - EVICT_AFTER_S
+        victim = min(
+            (arrival for arrival in self.waiting if not arrival.evicted and arrival.since <= oldest),
+            key=_since,
+            default=None,
+        )
         if victim is None:
             return False
         victim.evict(self)
@@ -509,10 +519,11 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     A call takes its place when it starts, before its request arrives: every method reads its request messages
     here, as a stream (a unary request is read with `LOSSD_READ_TIMEOUT_S` to arrive whole, else
-    DEADLINE_EXCEEDED). At the limit, the call that has waited longest on its client (a request still arriving, a
-    stream idle between requests: DEADLINE_EXCEEDED; a stream whose answer its client has not taken: cancelled) is
-    ended for the new one: calls that start and never send, or never read, cannot lock out other clients, or the
-    probes. A unary request that does not parse is INVALID_ARGUMENT."""
+    DEADLINE_EXCEEDED). At the limit, the call that has waited longest (over `EVICT_AFTER_S`) on its client (a
+    request still arriving, a stream idle between requests: DEADLINE_EXCEEDED; a stream whose answer its client has
+    not taken: cancelled) is ended for the new one: calls that start and never send, or never read, cannot lock out
+    other clients, or the probes, however often they are opened anew. A unary request that does not parse is
+    INVALID_ARGUMENT."""
 
     HEALTH_CALLS = 16
     REFLECTION_CALLS = 4
@@ -633,7 +644,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     @staticmethod
     async def _evicted(exc: _Evicted, context: Any) -> None:
-        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, exc.detail)
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, without_frames(exc).detail)
 
     async def _enter(self, pool: _Pool, context: Any) -> None:
         if pool.active >= pool.limit and not pool.evict():
@@ -696,7 +707,7 @@ def options(state: AppState) -> list[tuple[str, Any]]:
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         # a connection's life is bounded: answers its client never takes stay in gRPC's core until it closes
         ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
-        ("grpc.max_connection_age_grace_ms", int(settings.write_timeout_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(max(settings.write_timeout_s, settings.request_timeout_s) * 1000)),
         ("grpc.keepalive_time_ms", int(settings.write_timeout_s * 1000)),
         ("grpc.keepalive_timeout_ms", 20_000),
         # a large message in large frames rather than 16 KiB ones (the flow-control window stays gRPC's: a larger

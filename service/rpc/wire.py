@@ -5,6 +5,9 @@ protobuf's parser copies each bytes field into the message, and reading the fiel
 level of the message is walked here instead (a handful of fields in any real request: model name, id,
 parameters, inputs, outputs, raw contents); each raw content becomes a view of the received bytes, and the rest
 of the message, small, is parsed by protobuf as usual.
+
+Typed `contents` are parsed by protobuf, but first counted where they lie (`parse_cost`): a packed integer takes a
+byte on the wire and 24 once read, and the in-flight bound must see that before it is built.
 """
 
 from __future__ import annotations
@@ -31,12 +34,6 @@ TOO_MANY_CONTENTS = (
 )
 
 _LENGTH_DELIMITED, _VARINT, _FIXED64, _FIXED32 = 2, 0, 1, 5
-_FIXED_FIELDS = {
-    field.number
-    for field in pb.InferTensorContents.DESCRIPTOR.fields
-    if field.type in (field.TYPE_FLOAT, field.TYPE_DOUBLE)
-}
-"""Typed contents fields of fixed-size elements (fp32, fp64); the others are varints (bytes_contents: strings)."""
 
 
 def _varint(data: bytes | memoryview, at: int) -> tuple[int, int]:
@@ -56,97 +53,90 @@ def _varint(data: bytes | memoryview, at: int) -> tuple[int, int]:
 
 INPUTS = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
 CONTENTS = pb.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields_by_name["contents"].number
-_SIZES = {FieldDescriptor.TYPE_BOOL: 1, FieldDescriptor.TYPE_INT32: 4, FieldDescriptor.TYPE_UINT32: 4}
 _ITEMSIZE = {
-    f.number: _SIZES.get(f.type, 4 if f.type == f.TYPE_FLOAT else 8) for f in pb.InferTensorContents.DESCRIPTOR.fields
+    FieldDescriptor.TYPE_BOOL: 1,
+    FieldDescriptor.TYPE_INT32: 4,
+    FieldDescriptor.TYPE_UINT32: 4,
+    FieldDescriptor.TYPE_FLOAT: 4,
+    FieldDescriptor.TYPE_BYTES: 1,
 }
-"""Bytes each element of a typed contents field takes once parsed (protobuf's array, by field number)."""
+_COST = {
+    field.number: 1 if field.type == field.TYPE_BYTES else 2 * _ITEMSIZE.get(field.type, 8) + 8
+    for field in pb.InferTensorContents.DESCRIPTOR.fields
+}
+"""What each element of a typed contents field builds once read, by field number: its size in protobuf's array and
+in numpy's, and 8 bytes in a tensor of the widest dtype (bytes_contents: its bytes, once; lossd reads none)."""
+_BYTES = pb.InferTensorContents.DESCRIPTOR.fields_by_name["bytes_contents"].number
+_WIDTH = {
+    field.number: _ITEMSIZE.get(field.type, 8)
+    for field in pb.InferTensorContents.DESCRIPTOR.fields
+    if field.type in (field.TYPE_FLOAT, field.TYPE_DOUBLE)
+}
+"""Typed contents fields of fixed-size elements (fp32, fp64) and their size; the others are varints or bytes."""
 
 
-def _fields(data: memoryview, too_many: str) -> list[tuple[int, memoryview | None]]:
-    """The fields of a message: (number, payload of a length-delimited one, else None); past `MAX_FIELDS`, the
-    error `too_many`."""
-    out: list[tuple[int, memoryview | None]] = []
+def _fields(data: memoryview, too_many: str) -> list[tuple[int, memoryview | None, memoryview]]:
+    """The fields of a message: (number, payload of a length-delimited one else None, the whole field); past
+    `MAX_FIELDS`, the error `too_many`."""
+    out: list[tuple[int, memoryview | None, memoryview]] = []
     at = 0
     while at < len(data):
         if len(out) == MAX_FIELDS:
             raise InvalidRequest(too_many)
+        start = at
         key, at = _varint(data, at)
         number, wire = key >> 3, key & 7
+        payload = None
         if wire == _LENGTH_DELIMITED:
             length, at = _varint(data, at)
-            if at + length > len(data):
-                raise DecodeError("truncated field")
-            out.append((number, data[at : at + length]))
+            payload = data[at : at + length]
             at += length
-            continue
-        if wire == _VARINT:
+        elif wire == _VARINT:
             _, at = _varint(data, at)
         elif wire in (_FIXED64, _FIXED32):
             at += 8 if wire == _FIXED64 else 4
-        else:
+        else:  # groups (3, 4): these messages have none
             raise DecodeError(f"wire type {wire}")
-        out.append((number, None))
+        if at > len(data):
+            raise DecodeError("truncated field")
+        out.append((number, payload, data[start:at]))
     return out
 
 
 def parse_cost(data: bytes) -> int:
-    """What parsing the message's typed contents builds, in bytes, from its wire form without parsing it: each
-    element in protobuf's array, in numpy's and in a tensor of 8-byte elements. A packed integer costs as little as
-    one byte on the wire (a zero) and 8 in each array: 16 MB of zeros would build hundreds of MB before the
-    in-flight bound could refuse it."""
+    """What parsing the message's typed contents builds, in bytes, from its wire form without parsing it (`_COST`
+    an element). A packed integer takes as little as one byte on the wire (a zero) and 24 once read: 16 MB of zeros
+    would build hundreds of MB before the in-flight bound could refuse them."""
     cost = 0
-    for number, payload in _fields(memoryview(data), TOO_MANY_FIELDS):
+    for number, payload, _ in _fields(memoryview(data), TOO_MANY_FIELDS):
         if number != INPUTS or payload is None:
             continue
-        for inner, contents in _fields(payload, f"an input has more than {MAX_FIELDS} fields"):
+        for inner, contents, _ in _fields(payload, f"an input has more than {MAX_FIELDS} fields"):
             if inner != CONTENTS or contents is None:
                 continue
-            for field, values in _fields(contents, TOO_MANY_CONTENTS):
-                itemsize = _ITEMSIZE.get(field, 8)
+            for field, values, _ in _fields(contents, TOO_MANY_CONTENTS):
                 if values is None:  # one element, not packed
                     elements = 1
-                elif field in _FIXED_FIELDS:
-                    elements = len(values) // itemsize
-                else:  # packed varints: one ends at each byte below 0x80 (bytes_contents: its bytes)
+                elif field in _WIDTH:
+                    elements = len(values) // _WIDTH[field]
+                elif field == _BYTES:
+                    elements = len(values)
+                else:  # packed varints: one ends at each byte below 0x80
                     elements = int(np.count_nonzero(np.frombuffer(values, dtype=np.uint8) < 0x80))
-                cost += elements * (2 * itemsize + 8)
+                cost += elements * _COST.get(field, 24)
     return cost
 
 
 def split(data: bytes) -> tuple[bytes, list[memoryview]]:
     """The message's bytes without its raw contents (`data` itself when it has none), and each raw content as a
     view of `data`, in order."""
-    view = memoryview(data)
     rest: list[memoryview] = []
     raw: list[memoryview] = []
-    at = fields = 0
-    while at < len(data):
-        fields += 1
-        if fields > MAX_FIELDS:
-            raise InvalidRequest(TOO_MANY_FIELDS)
-        start = at
-        key, at = _varint(data, at)
-        number, wire = key >> 3, key & 7
-        if wire == _LENGTH_DELIMITED:
-            length, at = _varint(data, at)
-            end = at + length
-            if end > len(data):
-                raise DecodeError("truncated field")
-            if number == RAW_INPUT_CONTENTS:
-                raw.append(view[at:end])
-                at = end
-                continue
-            at = end
-        elif wire == _VARINT:
-            _, at = _varint(data, at)
-        elif wire in (_FIXED64, _FIXED32):
-            at += 8 if wire == _FIXED64 else 4
-            if at > len(data):
-                raise DecodeError("truncated field")
-        else:  # groups (3, 4): a ModelInferRequest has none
-            raise DecodeError(f"wire type {wire}")
-        rest.append(view[start:at])
+    for number, payload, field in _fields(memoryview(data), TOO_MANY_FIELDS):
+        if number == RAW_INPUT_CONTENTS and payload is not None:
+            raw.append(payload)
+        else:
+            rest.append(field)
     return (b"".join(rest) if raw else data), raw
 
 

@@ -20,8 +20,9 @@ WebSocket protocol when a WebSocket library is installed (lossd has no WebSocket
 Limits (each a `LOSSD_*` setting; the refusals are RFC 9457 problem documents, sent with `connection: close`):
 
 - `max_connections`: open connections per worker process (uvicorn's `server_state.connections`, so every
-  connection of this server counts). A connection beyond it is answered `503` (`Retry-After: 1`) at once,
-  without reading anything, and closed.
+  connection of this server counts). At the limit, a new connection takes the place of the one that has waited
+  longest on its client (for over `EVICT_AFTER_S`); when none has, it is answered `503` (`Retry-After: 1`) at
+  once, without reading anything, and closed.
 - `max_header_bytes`: the request line and headers together, counted as the bytes arrive, before llhttp or
   httptools buffer them: beyond it, `431` and the connection is closed, nothing more read. Also bounds a
   chunked body's trailer section. The count is exact except for the head of a pipelined request that
@@ -39,7 +40,8 @@ Limits (each a `LOSSD_*` setting; the refusals are RFC 9457 problem documents, s
   take some of them every `write_timeout_s` (nginx's `send_timeout`), else the connection is aborted and those
   bytes dropped. A connection whose client is not reading counts as waiting on its client: at the connection
   limit it may be closed for a new one. (The bytes themselves count against `LOSSD_MAX_INFLIGHT_BYTES` until
-  they drain: see `service.api.edge`.)
+  they drain, and a request refused for want of room there cuts off the connections whose clients have taken
+  nothing for `STALLED_S`: see `service.api.edge`.)
 
 The deadlines cost no timer per request: each connection has one timer, which, when it fires, compares the
 connection's phase and the time that phase began (two attributes that the parser callbacks set) with the
@@ -76,7 +78,10 @@ IDLE, HEAD, BODY, CLOSED = 0, 1, 2, 3
 latest one has arrived); a request head arriving; a request body arriving; closed or handed over, so that
 nothing it receives is read any more."""
 
-STALLED_S = 0.25
+EVICT_AFTER_S = 0.1
+"""At the connection limit, a connection that has waited this long on its client may be closed for a new one: long
+enough for a new client's request to arrive, short enough that connections opened anew cannot keep every place."""
+STALLED_S = 2.0
 """When room is wanted in the in-flight bound, a client that has taken none of its answer for this long has stalled,
 and its connection is cut off."""
 _SLACK_S = 0.001
@@ -162,8 +167,6 @@ class LossdHttpProtocol(HttpToolsProtocol):
     _phase: int = IDLE
     _since: float = 0.0
     """When the phase began: the first byte of the request arriving, or when the connection fell idle."""
-    _received: float = 0.0
-    """When the client last sent bytes."""
     _head_left: int = 0
     """Bytes the request head arriving (or the next one) may still take; in a body, what its trailers may."""
     _heads: int = 0
@@ -251,7 +254,6 @@ class LossdHttpProtocol(HttpToolsProtocol):
     # Reading
 
     def data_received(self, data: bytes | memoryview) -> None:
-        self._received = self.loop.time()
         phase = self._phase
         if phase == BODY:
             if self._chunk_open:
@@ -436,18 +438,18 @@ class LossdHttpProtocol(HttpToolsProtocol):
         return now - self._unread_since >= self.write_timeout_s - _SLACK_S
 
     def _evict_slowest(self) -> bool:
-        """At the connection limit, make room by closing the connection that has waited longest on its client,
-        however briefly: idle, still sending its request (counted from the last bytes it sent), or not reading
-        its answer. Connections being answered are never closed. So clients that hold connections open without
-        sending cannot lock others out, however often they open them anew: they lose their oldest connection to
-        each new one. False when no connection qualifies."""
+        """At the connection limit, make room by closing the connection that has waited longest (over
+        `EVICT_AFTER_S`) on its client: idle, still sending its request, or not reading its answer. Connections
+        being answered are never closed. So clients that hold connections open without sending cannot lock others
+        out, however often they open them anew: they lose their oldest connection to each new one. False when no
+        connection qualifies."""
         now = self.loop.time()
-        victim, oldest = None, math.inf
+        victim, oldest = None, now - EVICT_AFTER_S
         for other in self.connections:
             if not isinstance(other, LossdHttpProtocol):
                 continue
             since = other._waiting_on_client(now)
-            if since is not None and since < oldest:
+            if since is not None and since <= oldest:
                 victim, oldest = other, since
         if victim is None:
             return False
@@ -480,7 +482,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
             waiting = cycle is not None and not cycle.response_started and not cycle.waiting_for_100_continue
         else:
             waiting = not self.pipeline and (cycle is None or cycle.response_complete)
-        return max(self._since, self._received) if waiting else None
+        return self._since if waiting else None
 
     def _period(self) -> float:
         """The longest the timer waits: the shortest deadline of a phase."""

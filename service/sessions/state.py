@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.codec import NON_FINITE, number
-from service.errors import Conflict, InvalidRequest, SessionFull
+from service.errors import Conflict, ErrorDetail, InvalidRequest, SessionFull
 from service.losses import REGISTRY
 from service.losses.registry import LossTotals, StatsRule, Totals
 
@@ -176,10 +176,10 @@ def merge(states: list[Any], limits: SessionLimits) -> Merged:
             )
         merged.batches.update(batches)
         if len(merged.batches) > limits.max_batches:
-            raise limits.full_batches(len(merged.batches))
+            raise _located(limits.full_batches(len(merged.batches)), (*where, "batches"))
         held |= labels(totals)
         if len(held) * len(losses) > limits.max_groups:
-            raise limits.full_groups(len(held) * len(losses))
+            raise _located(limits.full_groups(len(held) * len(losses)), (*where, "totals"))
         for into, add in zip(merged.totals, totals, strict=True):
             into.add(add)
             if max((t.count for t in (into.total, *into.groups.values())), default=0) >= MAX_COUNT:
@@ -189,6 +189,12 @@ def merge(states: list[Any], limits: SessionLimits) -> Merged:
                 )
     assert merged is not None
     return merged
+
+
+def _located(exc: SessionFull, loc: tuple[str | int, ...]) -> SessionFull:
+    """`exc` about the state at `loc` (the state that took the merge past the limit)."""
+    exc.errors = [ErrorDetail(loc, exc.detail)]
+    return exc
 
 
 def _read_state(

@@ -308,6 +308,7 @@ def test_merged_states_are_held_to_the_session_limits(make_client: Client) -> No
     body = problem(client.post("/v1/sessions", json={"from_states": shards}), 413, "session-full")
     assert body["detail"] == "the session would hold 6 batches, over its limit of 5"
     assert (body["limit"], body["actual"]) == (5, 6)
+    assert body["errors"][0]["loc"] == ["body", "from_states", 2, "batches"]
     fits = client.post("/v1/sessions", json={"from_states": shards[:2]})
     assert fits.status_code == 201, fits.text
     assert view(client, fits.json()["id"])["batches"] == 4
@@ -316,7 +317,7 @@ def test_merged_states_are_held_to_the_session_limits(make_client: Client) -> No
     grouped["totals"][0]["groups"]["8"] = grouped["totals"][0]["groups"]["7"]
     body = problem(client.post("/v1/sessions", json={"from_states": [grouped]}), 413, "session-full")
     assert (body["limit"], body["actual"]) == (9, 12)
-    assert body["errors"][0]["loc"] == ["body", "groups"]
+    assert body["errors"][0]["loc"] == ["body", "from_states", 0, "totals"]
 
 
 def test_states_are_read_as_this_server_writes_them(client: TestClient) -> None:
