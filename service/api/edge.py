@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import InternalError, NotReady, protocol_of, render
 from service.api.metrics import Metrics
 from service.errors import LossdError, Overloaded, PayloadTooLarge, Unauthorized
+from service.server.protocol import STALLED_ANSWER
 
 log = logging.getLogger("lossd")
 
@@ -218,10 +219,6 @@ def _declared(headers: dict[bytes, bytes]) -> int:
     declared = headers.get(b"content-length")
     return int(declared) if declared is not None and declared.isdigit() else 0
 
-
-STALLED_ANSWER = "lossd.stalled_answer"
-"""The scope extension by which lossd's HTTP server (`service.server.protocol`) lets the edge cut off a connection
-whose client has stalled on its answer: `{"drop": () -> bool}`, True when it did."""
 
 HELD_ANSWER_BYTES = 1 << 20
 """An answer at least this large counts in the in-flight bound until it has left the server's buffers for the

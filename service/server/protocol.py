@@ -65,7 +65,6 @@ from typing import Any, ClassVar, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from service.api.edge import STALLED_ANSWER
 from service.api.errors import MalformedRequest, problem_body
 from service.config import Settings
 from service.errors import HeadersTooLarge, LossdError, Overloaded, RequestTimeout
@@ -78,6 +77,10 @@ IDLE, HEAD, BODY, CLOSED = 0, 1, 2, 3
 latest one has arrived); a request head arriving; a request body arriving; closed or handed over, so that
 nothing it receives is read any more."""
 
+STALLED_ANSWER = "lossd.stalled_answer"
+"""The scope extension by which this server lets the app's edge (`service.api.edge`) cut off a connection whose
+client has stalled on its answer: `{"drop": () -> bool}`, True when it did. (Defined here, not in the edge: this
+module is imported before `LOSSD_WORKERS` processes set up prometheus_client, which the edge's imports load.)"""
 EVICT_AFTER_S = 0.1
 """At the connection limit, a connection that has waited this long on its client may be closed for a new one: long
 enough for a new client's request to arrive, short enough that connections opened anew cannot keep every place."""
