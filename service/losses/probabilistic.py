@@ -168,10 +168,11 @@ def check_gaussian_nll(t: Mapping[str, Tensor], p: GaussianNllParams) -> Sequenc
 def gaussian_nll(input: Tensor, target: Tensor, var: Tensor, p: GaussianNllParams) -> Tensor:
     """Negative log likelihood of target under a Gaussian with mean input and variance var.
 
-    A single number for var is the same variance for every element: torch takes it as it comes for an input of
-    at most one dimension (one dimension short of it), and as its float var (`var * ones_like(input)`) for a
-    larger one, where it refuses a 0-d tensor; here that is `var.expand_as(input)`, kept differentiable.
+    A single number for var is the same variance for every element, as torch's float var; its gradient is the sum
+    over the elements.
     """
+    # torch takes a 0-d var itself for an input of at most one dimension (one dimension short of it); for a larger
+    # one it refuses a 0-d tensor and takes a float as `var * ones_like(input)`: here `expand_as`, differentiable
     if var.ndim == 0 and input.ndim > 1:
         var = var.expand_as(input)
     return F.gaussian_nll_loss(input, target, var, full=p.full, eps=p.eps, reduction=p.reduction)
