@@ -32,9 +32,9 @@ class Settings(BaseSettings):
 
     grpc_max_concurrent_rpcs: int = Field(32, ge=1)
     """gRPC calls (a stream counts as one) served at once per worker, each counted from its start; more are refused
-    with RESOURCE_EXHAUSTED, unless a call at the limit has waited over a tenth of a second on its client (its
-    request still arriving, a stream between requests or with an answer not taken): the one that has waited longest
-    is ended for the new one. A
+    with RESOURCE_EXHAUSTED, unless a call at the limit waits on its client: one whose request has not arrived, or
+    else a stream that has waited over a second (between requests, or with an answer not taken), is ended for the
+    new one. A
     unary call's request must arrive within `LOSSD_READ_TIMEOUT_S`. Health checks have 16 places of their own,
     reflection 4. gRPC receives each message whole before lossd sees it, so this (plus the 20) times
     `LOSSD_GRPC_MAX_MESSAGE_BYTES` bounds the memory gRPC requests can hold."""
@@ -140,8 +140,9 @@ class Settings(BaseSettings):
     the request answered 503. 0: twice `LOSSD_MAX_WORK_BYTES`."""
 
     max_connections: int = Field(1024, ge=1)
-    """Open client connections per worker process. At the limit, the connection waiting longest on its client (over
-    a tenth of a second) makes room (408); when none is, the new one gets a 503 and is closed."""
+    """Open client connections per worker process. At the limit, a connection that has never sent a whole request,
+    or else one that has waited over a second on its client, makes room (408); when none does, the new one gets a
+    503 and is closed."""
 
     read_timeout_s: float = Field(30.0, gt=0)
     """Longest a client may take to send a request's head and body, from its first byte (408 beyond, or

@@ -412,9 +412,9 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             self.watching -= 1
 
 
-EVICT_AFTER_S = 0.1
-"""At its limit, a call that has waited this long on its client may be ended for a new one (as HTTP connections):
-long enough for a new call's request to arrive, short enough that calls opened anew cannot keep every place."""
+EVICT_AFTER_S = 1.0
+"""At its limit, a call that has had a request and has waited this long on its client may be ended for a new one
+(as HTTP connections); one whose first request has not arrived may be at once."""
 
 
 class _Evicted(RequestTimeout):
@@ -434,24 +434,21 @@ class _Pool:
         self.waiting: set[_Arrivals | _Sending] = set()
 
     def evict(self) -> bool:
-        """End the call that has waited longest (over `EVICT_AFTER_S`) on its client: a unary request still
-        arriving, a stream between requests or with an answer its client has not taken. False when none
-        qualifies. (Stalled calls opened anew each second kept every place when the grace was a second.)"""
+        """End a call that waits on its client: first one whose first request has not arrived, however young (the
+        oldest), else the one that has waited longest, over `EVICT_AFTER_S`: a stream between requests or with an
+        answer its client has not taken. False when none qualifies. So calls opened anew and never sent lock
+        nobody out, however often they are opened, and cannot take the places of streams between two requests."""
         oldest = asyncio.get_running_loop().time() - EVICT_AFTER_S
-        victim = min(
-            (arrival for arrival in self.waiting if not arrival.evicted and arrival.since <= oldest),
-            key=_since,
-            default=None,
-        )
+        victim, best = None, (True, oldest)
+        for waiting in self.waiting:
+            key = (isinstance(waiting, _Sending) or waiting.received > 0, waiting.since)
+            if not waiting.evicted and (not key[0] or key[1] <= oldest) and key <= best:
+                victim, best = waiting, key
         if victim is None:
             return False
         victim.evict(self)
         self.on_evict()
         return True
-
-
-def _since(waiting: _Arrivals | _Sending) -> float:
-    return waiting.since
 
 
 class _Arrivals:
@@ -462,6 +459,8 @@ class _Arrivals:
         self.pool = pool
         self.since = 0.0
         self.evicted = False
+        self.received = 0
+        """Messages that have arrived."""
         self._task: asyncio.Task[Any] | None = None
 
     def __aiter__(self) -> _Arrivals:
@@ -472,7 +471,9 @@ class _Arrivals:
         self.since = asyncio.get_running_loop().time()
         self.pool.waiting.add(self)
         try:
-            return await anext(self.messages)
+            message = await anext(self.messages)
+            self.received += 1
+            return message
         except asyncio.CancelledError:
             if not self.evicted:
                 raise
@@ -519,11 +520,11 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     A call takes its place when it starts, before its request arrives: every method reads its request messages
     here, as a stream (a unary request is read with `LOSSD_READ_TIMEOUT_S` to arrive whole, else
-    DEADLINE_EXCEEDED). At the limit, the call that has waited longest (over `EVICT_AFTER_S`) on its client (a
-    request still arriving, a stream idle between requests: DEADLINE_EXCEEDED; a stream whose answer its client has
-    not taken: cancelled) is ended for the new one: calls that start and never send, or never read, cannot lock out
-    other clients, or the probes, however often they are opened anew. A unary request that does not parse is
-    INVALID_ARGUMENT."""
+    DEADLINE_EXCEEDED). At the limit, a call that waits on its client is ended for the new one (`_Pool.evict`: one
+    whose request has not arrived, at once; a stream idle between requests, DEADLINE_EXCEEDED, or whose answer its
+    client has not taken, cancelled, after `EVICT_AFTER_S`): calls that start and never send, or never read,
+    cannot lock out other clients, or the probes, however often they are opened anew. A unary request that does not
+    parse is INVALID_ARGUMENT."""
 
     HEALTH_CALLS = 16
     REFLECTION_CALLS = 4

@@ -20,9 +20,9 @@ WebSocket protocol when a WebSocket library is installed (lossd has no WebSocket
 Limits (each a `LOSSD_*` setting; the refusals are RFC 9457 problem documents, sent with `connection: close`):
 
 - `max_connections`: open connections per worker process (uvicorn's `server_state.connections`, so every
-  connection of this server counts). At the limit, a new connection takes the place of the one that has waited
-  longest on its client (for over `EVICT_AFTER_S`); when none has, it is answered `503` (`Retry-After: 1`) at
-  once, without reading anything, and closed.
+  connection of this server counts). At the limit, a new connection takes the place of one that waits on its
+  client (`LossdHttpProtocol._evict_slowest`); when none may be closed, it is answered `503` (`Retry-After: 1`)
+  at once, without reading anything, and closed.
 - `max_header_bytes`: the request line and headers together, counted as the bytes arrive, before llhttp or
   httptools buffer them: beyond it, `431` and the connection is closed, nothing more read. Also bounds a
   chunked body's trailer section. The count is exact except for the head of a pipelined request that
@@ -81,9 +81,9 @@ STALLED_ANSWER = "lossd.stalled_answer"
 """The scope extension by which this server lets the app's edge (`service.api.edge`) cut off a connection whose
 client has stalled on its answer: `{"drop": () -> bool}`, True when it did. (Defined here, not in the edge: this
 module is imported before `LOSSD_WORKERS` processes set up prometheus_client, which the edge's imports load.)"""
-EVICT_AFTER_S = 0.1
-"""At the connection limit, a connection that has waited this long on its client may be closed for a new one: long
-enough for a new client's request to arrive, short enough that connections opened anew cannot keep every place."""
+EVICT_AFTER_S = 1.0
+"""At the connection limit, a connection that has served a request and has waited this long on its client may be
+closed for a new one (one that has never sent a whole request may be at once)."""
 STALLED_S = 2.0
 """When room is wanted in the in-flight bound, a client that has taken none of its answer for this long has stalled,
 and its connection is cut off."""
@@ -174,6 +174,10 @@ class LossdHttpProtocol(HttpToolsProtocol):
     """Bytes the request head arriving (or the next one) may still take; in a body, what its trailers may."""
     _heads: int = 0
     """Request heads parsed on this connection (tells whether a read finished one)."""
+    _requests: int = 0
+    """Requests that have arrived whole on this connection."""
+    _spoke: bool = False
+    """Whether the client has sent any byte."""
     _chunk_open: bool = False
     """Between a chunk's header and the chunk's end: its data, or after the last chunk, the trailers."""
     _body_seen: bool = False
@@ -257,6 +261,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
     # Reading
 
     def data_received(self, data: bytes | memoryview) -> None:
+        self._spoke = True
         phase = self._phase
         if phase == BODY:
             if self._chunk_open:
@@ -360,6 +365,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._phase = IDLE
+        self._requests += 1
         if self._declined_head is not None:
             return  # the request's replay will complete it
         super().on_message_complete()
@@ -441,19 +447,24 @@ class LossdHttpProtocol(HttpToolsProtocol):
         return now - self._unread_since >= self.write_timeout_s - _SLACK_S
 
     def _evict_slowest(self) -> bool:
-        """At the connection limit, make room by closing the connection that has waited longest (over
-        `EVICT_AFTER_S`) on its client: idle, still sending its request, or not reading its answer. Connections
+        """At the connection limit, make room by closing a connection that waits on its client: first one that has
+        never sent a whole request, however young (a silent one first, then the oldest), else the one that has
+        waited longest, over `EVICT_AFTER_S`, idle, still sending a request, or not reading its answer. Connections
         being answered are never closed. So clients that hold connections open without sending cannot lock others
-        out, however often they open them anew: they lose their oldest connection to each new one. False when no
-        connection qualifies."""
+        out, however often they open them anew, and cannot make room for themselves at the expense of clients
+        between two requests. False when no connection qualifies."""
         now = self.loop.time()
-        victim, oldest = None, now - EVICT_AFTER_S
+        victim: LossdHttpProtocol | None = None
+        best = (2, True, math.inf)
         for other in self.connections:
             if not isinstance(other, LossdHttpProtocol):
                 continue
             since = other._waiting_on_client(now)
-            if since is not None and since <= oldest:
-                victim, oldest = other, since
+            if since is None or (other._requests and since > now - EVICT_AFTER_S):
+                continue
+            key = (0, other._spoke, since) if other._requests == 0 else (1, True, since)
+            if key < best:
+                victim, best = other, key
         if victim is None:
             return False
         self.logger.debug("Connection limit reached: closing the connection that waited longest on its client.")

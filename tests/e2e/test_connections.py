@@ -163,10 +163,10 @@ def _open_on_the_server(port: int) -> int:
 
 
 def test_connections_beyond_the_limit_are_refused_or_take_silent_ones_places(limited: tuple[str, int]) -> None:
-    """Twice the limit of silent connections: each one past the limit gets a 503 and is closed at once, or, once
-    the oldest silent one has waited over a tenth of a second, takes its place (that one is closed without a
-    word: it never sent a byte); the others are closed by the server after `LOSSD_KEEP_ALIVE_S`; then requests
-    are served."""
+    """Twice the limit of silent connections: each one past the limit takes the place of the oldest silent one (that
+    one is closed without a word: it never sent a byte), or, should none be open yet on the server's side, gets a
+    503 and is closed at once; the others are closed by the server after `LOSSD_KEEP_ALIVE_S`; then requests are
+    served."""
     # connections of earlier tests, closed on the client's side, are closed on the server's
     wait_until(lambda: _open_on_the_server(limited[1]) == 0, PROMPT_S, "earlier tests' connections closed")
     start = time.monotonic()
@@ -209,6 +209,27 @@ def test_connections_beyond_the_limit_are_refused_or_take_silent_ones_places(lim
     host, port = limited
     assert httpx.get(f"http://{host}:{port}/healthz", timeout=PROMPT_S).status_code == 200
     _normal_request_works(limited)
+
+
+def test_a_client_between_requests_keeps_its_connection_against_silent_ones(limited: tuple[str, int]) -> None:
+    """Connections that never send a whole request make room for one another, however young, not a keep-alive
+    client between two requests (for a second): an attack that opened unused connections a hundred times a second
+    closed such clients' connections when any connection idle a tenth of a second could be closed."""
+    wait_until(lambda: _open_on_the_server(limited[1]) == 0, PROMPT_S, "earlier tests' connections closed")
+    with socket.create_connection(limited, timeout=PROMPT_S) as client:
+        client.sendall(_mse_request())
+        status, _, _, _ = _read_response(client)
+        assert status == 200
+        time.sleep(0.3)  # not a wait: the client idles between two requests (the point)
+        silent = [socket.create_connection(limited, timeout=PROMPT_S) for _ in range(MAX_CONNECTIONS + 5)]
+        try:
+            time.sleep(0.3)  # not a wait: the silent connections reach the server before the next request
+            client.sendall(_mse_request())
+            status, _, body, _ = _read_response(client)
+            assert status == 200, body
+        finally:
+            for sock in silent:
+                sock.close()
 
 
 def test_a_connection_past_the_limit_of_busy_ones_is_refused() -> None:
@@ -462,7 +483,7 @@ def test_open_files_limit_fits_the_connections(soft: int, hard: int, expected: i
 def test_slow_senders_at_the_limit_give_way_to_new_clients() -> None:
     """Connections held open by a client that sends slowly (long read and keep-alive deadlines here) fill the
     limit; a new client still gets its answer: the connection that waited longest on its client is closed (408)
-    to make room once it has waited over a tenth of a second."""
+    to make room (it has never sent a whole request: however young)."""
     url, proc = start_server(LOSSD_MAX_CONNECTIONS="10", LOSSD_READ_TIMEOUT_S="30", LOSSD_KEEP_ALIVE_S="30")
     split = urlsplit(url)
     assert split.hostname is not None
@@ -472,7 +493,6 @@ def test_slow_senders_at_the_limit_give_way_to_new_clients() -> None:
     try:
         for sock in slow:
             sock.sendall(HEAD_START)  # a request head that never ends
-        time.sleep(0.3)  # not a wait: the slow senders grow older than the grace (a tenth of a second)
         for _ in range(3):  # each new client takes the place of the oldest slow sender
             response = httpx.post(f"{url}/v1/losses/mse", json=MSE, timeout=PROMPT_S)
             assert response.status_code == 200, response.text

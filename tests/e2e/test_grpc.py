@@ -8,6 +8,7 @@ Every number is compared with `torch.nn.functional` computed here (bit for bit o
 from __future__ import annotations
 
 import contextlib
+import queue
 import signal
 import socket
 import threading
@@ -789,13 +790,48 @@ def test_stalled_calls_opened_anew_lock_nobody_out() -> None:
                     for _ in range(count):
                         raw.stall(stream, path)
                         stream += 2
-                time.sleep(0.3)  # not a wait: the stalled calls grow older than the grace (a tenth of a second)
+                time.sleep(0.3)  # not a wait: the stalled calls reach the server first (else nothing is tested)
                 answer = server.stub.ModelInfer(request("l1", {"input": x, "target": y}), metadata=metadata)
                 same(outputs(answer)["loss"], F.l1_loss(x, y))
                 assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == serving
         finally:
             raw.close()
             server.close()
+
+
+def test_a_stream_between_requests_keeps_its_place_against_stalled_calls() -> None:
+    """Calls whose request never arrives make room for one another, however young, not a stream between two of
+    its requests (for a second): an attack that opened stalled calls every 25 ms cut such a stream off when any
+    call waiting a tenth of a second could be ended."""
+    server = Server(LOSSD_GRPC_MAX_CONCURRENT_RPCS="2")
+    raw = RawHttp2(server.port)
+    pending: queue.Queue[Any] = queue.Queue()
+
+    def messages() -> Iterator[Any]:
+        while (message := pending.get()) is not None:
+            yield message
+
+    try:
+        x, y = randn(3, seed=7).float(), randn(3, seed=8).float()
+        pending.put(request("l1", {"input": x, "target": y}))
+        answers = server.stub.ModelStreamInfer(messages(), timeout=60)
+        assert next(answers).error_message == ""
+        stream = 1
+        for _ in range(3):
+            time.sleep(0.3)  # not a wait: the stream idles between two requests (the point)
+            for _ in range(4):  # more than the places: each new one takes the place of a stalled one
+                raw.stall(stream, "/inference.GRPCInferenceService/ModelInfer")
+                stream += 2
+            time.sleep(0.3)  # not a wait: the stalled calls reach the server before the stream's next request
+            pending.put(request("l1", {"input": x, "target": y}))
+            answer = next(answers)
+            assert answer.error_message == ""
+            same(outputs(answer.infer_response)["loss"], F.l1_loss(x, y))
+        pending.put(None)
+    finally:
+        pending.put(None)
+        raw.close()
+        server.close()
 
 
 def test_typed_contents_are_held_at_what_parsing_them_builds() -> None:
