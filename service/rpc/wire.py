@@ -53,6 +53,10 @@ def _varint(data: bytes | memoryview, at: int) -> tuple[int, int]:
 
 INPUTS = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
 CONTENTS = pb.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields_by_name["contents"].number
+SHAPE = pb.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields_by_name["shape"].number
+MAX_DIMS = 64
+"""The most dimensions `LOSSD_MAX_DIMS` allows: a shape with more is refused before the message is parsed (a shape of
+15M packed zeros took seconds to read and quote)."""
 _ITEMSIZE = {
     FieldDescriptor.TYPE_BOOL: 1,
     FieldDescriptor.TYPE_INT32: 4,
@@ -103,15 +107,26 @@ def _fields(data: memoryview, too_many: str) -> list[tuple[int, memoryview | Non
     return out
 
 
+def _varints(packed: memoryview) -> int:
+    """The numbers in a packed varint field: one ends at each byte below 0x80."""
+    return int(np.count_nonzero(np.frombuffer(packed, dtype=np.uint8) < 0x80))
+
+
 def parse_cost(data: bytes) -> int:
     """What parsing the message's typed contents builds, in bytes, from its wire form without parsing it (`_COST`
     an element). A packed integer takes as little as one byte on the wire (a zero) and 24 once read: 16 MB of zeros
-    would build hundreds of MB before the in-flight bound could refuse them."""
+    would build hundreds of MB before the in-flight bound could refuse them. A shape of more than `MAX_DIMS`
+    dimensions is refused here, before it is read."""
     cost = 0
     for number, payload, _ in _fields(memoryview(data), TOO_MANY_FIELDS):
         if number != INPUTS or payload is None:
             continue
         for inner, contents, _ in _fields(payload, f"an input has more than {MAX_FIELDS} fields"):
+            if inner == SHAPE and contents is not None and _varints(contents) > MAX_DIMS:
+                raise InvalidRequest(
+                    f"an input's shape has {_varints(contents)} dimensions, more than any tensor may ({MAX_DIMS})",
+                    loc=("inputs",),
+                )
             if inner != CONTENTS or contents is None:
                 continue
             for field, values, _ in _fields(contents, TOO_MANY_CONTENTS):
@@ -121,8 +136,8 @@ def parse_cost(data: bytes) -> int:
                     elements = len(values) // _WIDTH[field]
                 elif field == _BYTES:
                     elements = len(values)
-                else:  # packed varints: one ends at each byte below 0x80
-                    elements = int(np.count_nonzero(np.frombuffer(values, dtype=np.uint8) < 0x80))
+                else:
+                    elements = _varints(values)
                 cost += elements * _COST.get(field, 24)
     return cost
 
