@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import SettingError
 
+MAX_DIMS = 64
+"""The most dimensions `LOSSD_MAX_DIMS` may allow."""
+
 
 class Settings(BaseSettings):
     """Everything an operator can tune. Each field is `LOSSD_<NAME>` in the environment."""
@@ -34,9 +37,8 @@ class Settings(BaseSettings):
     """gRPC calls (a stream counts as one) served at once per worker, each counted from its start; more are refused
     with RESOURCE_EXHAUSTED, unless a call at the limit waits on its client: one whose request has not arrived, or
     else a stream that has waited over a second (between requests, or with an answer not taken), is ended for the
-    new one. A
-    unary call's request must arrive within `LOSSD_READ_TIMEOUT_S`. Health checks have 16 places of their own,
-    reflection 4. gRPC receives each message whole before lossd sees it, so this (plus the 20) times
+    new one. A unary call's request must arrive within `LOSSD_READ_TIMEOUT_S`. Health checks have 16 places of their
+    own, reflection 4. gRPC receives each message whole before lossd sees it, so this (plus the 20) times
     `LOSSD_GRPC_MAX_MESSAGE_BYTES` bounds the memory gRPC requests can hold."""
 
     grpc_max_connection_age_s: float = Field(600.0, gt=0)
@@ -90,7 +92,7 @@ class Settings(BaseSettings):
     max_request_elements: int = Field(1 << 27, ge=1)
     """Elements in all the tensors of one request (413 beyond)."""
 
-    max_dims: int = Field(32, ge=1, le=64)
+    max_dims: int = Field(32, ge=1, le=MAX_DIMS)
     """Dimensions of a tensor, which is also the deepest JSON nesting read (422 beyond)."""
 
     max_evaluate_entries: int = Field(64, ge=1)

@@ -19,6 +19,7 @@ import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
+from service.config import MAX_DIMS
 from service.errors import InvalidRequest, MalformedBody
 from service.rpc import grpc_service_pb2 as pb
 
@@ -54,15 +55,11 @@ def _varint(data: bytes | memoryview, at: int) -> tuple[int, int]:
 INPUTS = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
 CONTENTS = pb.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields_by_name["contents"].number
 SHAPE = pb.ModelInferRequest.InferInputTensor.DESCRIPTOR.fields_by_name["shape"].number
-MAX_DIMS = 64
-"""The most dimensions `LOSSD_MAX_DIMS` allows: a shape with more is refused before the message is parsed (a shape of
-15M packed zeros took seconds to read and quote)."""
 _ITEMSIZE = {
     FieldDescriptor.TYPE_BOOL: 1,
     FieldDescriptor.TYPE_INT32: 4,
     FieldDescriptor.TYPE_UINT32: 4,
     FieldDescriptor.TYPE_FLOAT: 4,
-    FieldDescriptor.TYPE_BYTES: 1,
 }
 _COST = {
     field.number: 1 if field.type == field.TYPE_BYTES else 2 * _ITEMSIZE.get(field.type, 8) + 8
@@ -113,21 +110,27 @@ def _varints(packed: memoryview) -> int:
 
 
 def parse_cost(data: bytes) -> int:
-    """What parsing the message's typed contents builds, in bytes, from its wire form without parsing it (`_COST`
-    an element). A packed integer takes as little as one byte on the wire (a zero) and 24 once read: 16 MB of zeros
-    would build hundreds of MB before the in-flight bound could refuse them. A shape of more than `MAX_DIMS`
-    dimensions is refused here, before it is read."""
+    """What parsing the message's typed contents builds, in bytes, from its wire form without parsing it."""
+    return _cost(_fields(memoryview(data), TOO_MANY_FIELDS))
+
+
+def _cost(fields: list[tuple[int, memoryview | None, memoryview]]) -> int:
+    """`parse_cost` of a message's top-level `fields` (`_COST` an element). A packed integer takes as little as one
+    byte on the wire (a zero) and 24 once read: 16 MB of zeros would build hundreds of MB before the in-flight bound
+    could refuse them. A shape of more than `MAX_DIMS` dimensions (a shape of 15M packed zeros took seconds to read
+    and quote) is refused here, before it is read."""
     cost = 0
-    for number, payload, _ in _fields(memoryview(data), TOO_MANY_FIELDS):
+    for number, payload, _ in fields:
         if number != INPUTS or payload is None:
             continue
         for inner, contents, _ in _fields(payload, f"an input has more than {MAX_FIELDS} fields"):
-            if inner == SHAPE and contents is not None and _varints(contents) > MAX_DIMS:
+            if contents is None:
+                continue
+            if inner == SHAPE and (dims := _varints(contents)) > MAX_DIMS:
                 raise InvalidRequest(
-                    f"an input's shape has {_varints(contents)} dimensions, more than any tensor may ({MAX_DIMS})",
-                    loc=("inputs",),
+                    f"an input's shape has {dims} dimensions, more than any tensor may ({MAX_DIMS})", loc=("inputs",)
                 )
-            if inner != CONTENTS or contents is None:
+            if inner != CONTENTS:
                 continue
             for field, values, _ in _fields(contents, TOO_MANY_CONTENTS):
                 if values is None:  # one element, not packed
@@ -142,26 +145,21 @@ def parse_cost(data: bytes) -> int:
     return cost
 
 
-def split(data: bytes) -> tuple[bytes, list[memoryview]]:
-    """The message's bytes without its raw contents (`data` itself when it has none), and each raw content as a
-    view of `data`, in order."""
-    rest: list[memoryview] = []
-    raw: list[memoryview] = []
-    for number, payload, field in _fields(memoryview(data), TOO_MANY_FIELDS):
-        if number == RAW_INPUT_CONTENTS and payload is not None:
-            raw.append(payload)
-        else:
-            rest.append(field)
-    return (b"".join(rest) if raw else data), raw
-
-
 def parse(data: bytes, hold: Callable[[int], None] | None = None) -> tuple[Any, list[memoryview]]:
-    """The `ModelInferRequest` in `data` without its raw contents, and those as views of `data`; `hold` is given what
-    parsing its typed contents will build (`parse_cost`) first, and may refuse it."""
+    """The `ModelInferRequest` in `data` without its raw contents, and those as views of `data` (the top level
+    walked once); `hold` is given what parsing its typed contents will build (`parse_cost`) first, and may refuse
+    it."""
     try:
+        fields = _fields(memoryview(data), TOO_MANY_FIELDS)
         if hold is not None:
-            hold(parse_cost(data))
-        message, raw = split(data)
-        return pb.ModelInferRequest.FromString(message), raw
+            hold(_cost(fields))
+        raw: list[memoryview] = []
+        rest: list[memoryview] = []
+        for number, payload, field in fields:
+            if number == RAW_INPUT_CONTENTS and payload is not None:
+                raw.append(payload)
+            else:
+                rest.append(field)
+        return pb.ModelInferRequest.FromString(b"".join(rest) if raw else data), raw
     except DecodeError:
         raise MalformedBody("the message is not a ModelInferRequest") from None

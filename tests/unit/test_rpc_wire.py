@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from google.protobuf.message import DecodeError
 
+from service.config import MAX_DIMS
 from service.errors import InvalidRequest, MalformedBody, PayloadTooLarge
 from service.rpc import grpc_service_pb2 as pb
 from service.rpc import wire
@@ -173,7 +174,7 @@ def _varint(n: int) -> bytes:
 def test_a_shape_of_more_dimensions_than_any_tensor_may_have_is_refused_before_parsing() -> None:
     """A shape is a packed field too: 15M zeros took seconds to read and to quote in the error."""
     fits = pb.ModelInferRequest(model_name="mse")
-    fits.inputs.add(name="input", datatype="FP32", shape=[1] * wire.MAX_DIMS)
+    fits.inputs.add(name="input", datatype="FP32", shape=[1] * MAX_DIMS)
     assert wire.parse_cost(fits.SerializeToString()) == 0
     too_many = pb.ModelInferRequest(model_name="mse")
     too_many.inputs.add(name="input", datatype="FP32", shape=[0] * 100_000)
