@@ -178,6 +178,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
     """Requests that have arrived whole on this connection."""
     _spoke: bool = False
     """Whether the client has sent any byte."""
+    _extensions: dict[str, dict[object, object]]
     _chunk_open: bool = False
     """Between a chunk's header and the chunk's end: its data, or after the last chunk, the trailers."""
     _body_seen: bool = False
@@ -208,6 +209,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
             self._write_and_close(503, _problem(Overloaded(detail, limit=self.max_connections)))
             return
         super().connection_made(transport)
+        self._extensions = {STALLED_ANSWER: {"drop": self._drop_stalled}}  # every request's scope, made once
         self._head_left = self.max_header_bytes
         self._since = now = self.loop.time()
         self._timer = self.loop.call_at(now + self._period(), self._check_deadline)
@@ -338,7 +340,7 @@ class LossdHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._phase = HEAD
         self._since = self.loop.time()
-        self.scope["extensions"] = {STALLED_ANSWER: {"drop": self._drop_stalled}}
+        self.scope["extensions"] = self._extensions
 
     def on_headers_complete(self) -> None:
         self._phase = BODY
